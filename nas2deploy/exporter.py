@@ -1,0 +1,93 @@
+"""The exporter contract: one class per deployment format, found through entry points.
+
+An exporter writes its files into the bundle directory it is given, reloads them in its runtime,
+and hands back a ``Runner`` (numpy in, numpy out) that both parity checks and latency
+measurement use, so the artifact that is verified is the artifact that is timed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ParityError, ShapeError
+from .target import Target
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Artifact:
+    format: str
+    files: dict[str, str]  # logical name -> path relative to the bundle root
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. opset, runtime version
+
+
+@dataclass
+class ExportContext:
+    bundle_dir: Path  # where files go (a temporary directory until the bundle is committed)
+    example: torch.Tensor  # a real input batch of the deployed shape
+    target: Target
+    metadata: dict[str, str]  # embedded where the format allows (ONNX metadata_props)
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # produced earlier this run
+
+
+class Exporter(ABC):
+    name: ClassVar[str]
+    runtime: ClassVar[str | None] = None  # the Target runtime this format serves
+    needs: ClassVar[tuple[str, ...]] = ()  # formats that must be exported first
+    parity_atol: ClassVar[float] = 1e-4
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this exporter can run here, else one line saying what is missing."""
+        return None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        """Versions of the libraries this exporter uses, for the manifest."""
+        return {}
+
+    @abstractmethod
+    def export(self, model: nn.Module, ctx: ExportContext) -> Artifact:
+        """Write the artifact's files under ``ctx.bundle_dir`` and return what was written."""
+
+    @abstractmethod
+    def runner(self, bundle_dir: Path, artifact: Artifact, target: Target) -> Runner:
+        """Load the artifact in its runtime for ``target`` and return a callable."""
+
+
+def verify_parity(reference: nn.Module, runner: Runner, x: torch.Tensor, *, atol: float) -> float:
+    """Max |runtime − PyTorch| on ``x``; raises ShapeError/ParityError instead of warning."""
+    with torch.no_grad():
+        expected = reference.eval()(x).detach().cpu().numpy()
+    got = np.asarray(runner(x.detach().cpu().numpy()))
+    if got.shape != expected.shape:
+        raise ShapeError(f"output shape {got.shape} != reference {expected.shape}")
+    worst = float(np.abs(got - expected).max())
+    if not np.isfinite(worst) or worst > atol:
+        raise ParityError(f"max |diff| {worst:.2e} > atol {atol:.0e}")
+    return worst
+
+
+def torch_runner(model: nn.Module, threads: int) -> Runner:
+    """Eager PyTorch as a runtime (``torch:cpu``): a reference, ~10× slower than the runtimes."""
+    model = model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+        finally:
+            torch.set_num_threads(prev)
+
+    return run

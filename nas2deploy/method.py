@@ -1,0 +1,116 @@
+"""The search-method contract: a NAS method as learning which parts of a supernet to remove."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .architecture import Architecture
+from .errors import UsageError
+from .latency import LatencyModel
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    input_channels: int
+    input_size: int
+    num_classes: int
+
+
+@dataclass
+class SearchData:
+    """Tensors on the CPU: images NCHW float32 (normalised), labels int64."""
+
+    x_weights: torch.Tensor  # split used for weight steps
+    y_weights: torch.Tensor
+    x_arch: torch.Tensor  # split used for architecture steps
+    y_arch: torch.Tensor
+    x_val: torch.Tensor  # held out from both, for reporting
+    y_val: torch.Tensor
+
+
+@dataclass
+class SearchContext:
+    data: SearchData
+    epochs: int  # the whole search budget in epochs (a method splits it into its phases)
+    seed: int
+    batch_size: int = 64
+    budget_ms: float | None = None
+    latency_model: LatencyModel | None = None
+    # progress(total, description) -> a tqdm-like bar with update()/set_postfix()/close()
+    progress: Callable[..., Any] | None = None
+    # a method appends one dict per epoch: {"epoch", "phase", "loss", ...}; plotted in the report
+    history: list[dict[str, Any]] = field(default_factory=list)
+    log: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
+class MethodConfig:
+    """Base for methods' configs: dataclasses with defaults, validated from plain dicts."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "MethodConfig":
+        values = dict(values or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UsageError(f"unknown option(s) for {cls.__qualname__}: {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise UsageError on an out-of-range value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SearchMethod(ABC):
+    """A plugin. Register the class under the ``nas2deploy.methods`` entry-point group."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig | dict[str, Any] | None = None):
+        if not isinstance(config, MethodConfig):
+            config = self.Config.from_dict(config)
+        self.config = config
+
+    @abstractmethod
+    def build(self, task: TaskSpec) -> nn.Module:
+        """The supernet for ``task``, with its architecture parameters at their initial values."""
+
+    @abstractmethod
+    def space(self, supernet: nn.Module) -> dict[str, Any]:
+        """JSON description of the search space: {"name", "fingerprint", ...}."""
+
+    @abstractmethod
+    def largest(self, supernet: nn.Module) -> Architecture:
+        """The largest subnet the space holds (nothing removed): the budget's reference."""
+
+    @abstractmethod
+    def smallest(self, supernet: nn.Module) -> Architecture:
+        """The smallest subnet the method can derive, before any width scaling."""
+
+    @abstractmethod
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
+        """Train weights and architecture parameters in place."""
+
+    @abstractmethod
+    def decide(self, supernet: nn.Module) -> Architecture:
+        """Architecture parameters -> discrete Architecture. Must not train."""
+
+    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
+        """Supernet weights for the materialized net, keyed by its state_dict names.
+
+        The default inherits nothing (retrain from scratch). Missing keys keep their init.
+        """
+        return {}

@@ -1,0 +1,164 @@
+"""Network specs: the plain-data description of a materialized subnet, and the module built from it.
+
+A spec is JSON-able data::
+
+    {"input": {"channels": 1, "size": [32, 32]}, "num_classes": 10,
+     "nodes": [{"id": "stem", "op": "conv", "inputs": ["input"], "c_in": 1, "c_out": 16, ...},
+               ...],
+     "output": "head"}
+
+Nodes are in topological order; each names its inputs (earlier node ids or ``"input"``). A
+``GraphNet`` evaluates them in order. Everything a method decided (which ops, edges, blocks and
+channels survive) is in the spec, so ``build_network(spec)`` reproduces the subnet exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .ops import OPS
+
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SpecError(UsageError):
+    """A network spec is malformed."""
+
+
+@dataclass(frozen=True)
+class OpSignature:
+    """What latency tables and cost counters key on: an op and the shapes it sees, never its position."""
+
+    type: str
+    h: int
+    w: int
+    c_in: int
+    c_out: int
+    mid: int = 0
+    kernel: int = 0
+    stride: int = 1
+    se: int = 0
+    act: str = "none"
+
+    def key(self) -> str:
+        return (f"{self.type}|{self.h}x{self.w}|{self.c_in}>{self.c_out}|mid{self.mid}|k{self.kernel}"
+                f"|s{self.stride}|se{self.se}|{self.act}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GraphNet(nn.Module):
+    """A materialized subnet: standard torch modules wired by a spec, evaluated in order."""
+
+    def __init__(self, spec: dict[str, Any]):
+        super().__init__()
+        validate_spec(spec)
+        self.input_channels = int(spec["input"]["channels"])
+        self.input_size = tuple(int(s) for s in spec["input"]["size"])
+        self.num_classes = int(spec["num_classes"])
+        self.order = [n["id"] for n in spec["nodes"]]
+        self.wiring = {n["id"]: list(n["inputs"]) for n in spec["nodes"]}
+        self.output = spec["output"]
+        self.nodes = nn.ModuleDict()
+        for n in spec["nodes"]:
+            params = {k: v for k, v in n.items() if k not in ("id", "op", "inputs")}
+            try:
+                self.nodes[n["id"]] = OPS[n["op"]](**params)
+            except (TypeError, ValueError) as exc:
+                raise SpecError(f"node {n['id']!r} ({n['op']}): {exc}") from exc
+
+    def forward(self, x):
+        env = {"input": x}
+        for nid in self.order:
+            env[nid] = self.nodes[nid](*[env[i] for i in self.wiring[nid]])
+        return env[self.output]
+
+    def spec(self) -> dict[str, Any]:
+        """The spec of this net as it is now (after any channel surgery)."""
+        nodes = []
+        for nid in self.order:
+            mod = self.nodes[nid]
+            nodes.append({"id": nid, "op": mod.op, "inputs": list(self.wiring[nid]), **mod.spec()})
+        return {"input": {"channels": self.input_channels, "size": list(self.input_size)},
+                "num_classes": self.num_classes, "nodes": nodes, "output": self.output}
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, self.input_channels, *self.input_size)
+
+
+def build_network(spec: dict[str, Any]) -> GraphNet:
+    return GraphNet(spec)
+
+
+def validate_spec(spec: Any) -> None:
+    if not isinstance(spec, dict):
+        raise SpecError("network spec must be an object")
+    for key in ("input", "num_classes", "nodes", "output"):
+        if key not in spec:
+            raise SpecError(f"network spec lacks {key!r}")
+    inp = spec["input"]
+    if (not isinstance(inp, dict) or not isinstance(inp.get("channels"), int)
+            or not isinstance(inp.get("size"), list) or len(inp["size"]) != 2):
+        raise SpecError("network spec 'input' must be {'channels': int, 'size': [h, w]}")
+    seen = {"input"}
+    if not isinstance(spec["nodes"], list) or not spec["nodes"]:
+        raise SpecError("network spec has no nodes")
+    for n in spec["nodes"]:
+        if not isinstance(n, dict) or not isinstance(n.get("id"), str) or not _ID.match(n["id"]):
+            raise SpecError(f"bad node id in {n!r:.80}")
+        if n["id"] in seen:
+            raise SpecError(f"duplicate node id {n['id']!r}")
+        if n.get("op") not in OPS:
+            raise SpecError(f"node {n['id']!r}: unknown op {n.get('op')!r}; known: {', '.join(OPS)}")
+        ins = n.get("inputs")
+        if not isinstance(ins, list) or not ins:
+            raise SpecError(f"node {n['id']!r} has no inputs")
+        for i in ins:
+            if i not in seen:
+                raise SpecError(f"node {n['id']!r} reads {i!r}, which is not an earlier node")
+        seen.add(n["id"])
+    if spec["output"] not in seen:
+        raise SpecError(f"output {spec['output']!r} is not a node")
+
+
+def _out_hw(h: int, k: int, s: int) -> int:
+    return (h + 2 * (k // 2) - k) // s + 1
+
+
+def signatures(spec: dict[str, Any]) -> dict[str, OpSignature]:
+    """OpSignature of every node, with the spatial size it sees, from the spec alone."""
+    validate_spec(spec)
+    hw = {"input": tuple(spec["input"]["size"])}
+    chans = {"input": spec["input"]["channels"]}
+    out: dict[str, OpSignature] = {}
+    for n in spec["nodes"]:
+        h, w = hw[n["inputs"][0]]
+        op = n["op"]
+        k, s = int(n.get("k", 0)), int(n.get("stride", 1))
+        c_in = int(n.get("c_in", n.get("c", chans[n["inputs"][0]])))
+        if op in ("conv", "sep", "mbconv", "pool"):
+            c_out = int(n.get("c_out", n.get("c", c_in)))
+            sig = OpSignature(
+                type=op if op != "pool" else f"{n.get('kind', 'max')}pool", h=h, w=w, c_in=c_in,
+                c_out=c_out, mid=int(n.get("mid", 0)), kernel=k, stride=s, se=int(n.get("se", 0)),
+                act=n.get("act", "none"))
+            hw[n["id"]] = (_out_hw(h, k, s), _out_hw(w, k, s))
+        elif op == "head":
+            c_out = int(n["num_classes"])
+            sig = OpSignature(type="head", h=h, w=w, c_in=c_in, c_out=c_out)
+            hw[n["id"]] = (1, 1)
+        else:
+            c_out = c_in
+            sig = OpSignature(type=op, h=h, w=w, c_in=c_in, c_out=c_out, mid=len(n["inputs"]),
+                              act=n.get("act", "none"))
+            hw[n["id"]] = (h, w)
+        chans[n["id"]] = c_out
+        out[n["id"]] = sig
+    return out

@@ -1,0 +1,56 @@
+"""Target: where a model runs. Plain data, parsed from ``runtime:device[:precision]``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import UsageError
+
+RUNTIMES = {
+    "torch": ("cpu", "cuda"),
+    "onnxruntime": ("cpu",),
+    "openvino": ("cpu",),
+    "tensorrt": ("cuda",),
+}
+PRECISIONS = ("fp32", "fp16", "int8")
+SUPPORTED_PRECISIONS = ("fp32",)
+
+
+@dataclass(frozen=True)
+class Target:
+    runtime: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int = 1
+
+    @classmethod
+    def parse(cls, text: str, *, batch: int = 1, threads: int = 1) -> "Target":
+        parts = text.strip().lower().split(":")
+        if not 1 <= len(parts) <= 3 or not all(parts):
+            raise UsageError(f"malformed target {text!r}; expected RUNTIME:DEVICE[:PRECISION], "
+                             f"e.g. openvino:cpu or onnxruntime:cpu:fp32")
+        runtime = parts[0]
+        if runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime {runtime!r} in target {text!r}; choose one of "
+                             f"{', '.join(RUNTIMES)}")
+        device = parts[1] if len(parts) > 1 else RUNTIMES[runtime][0]
+        if device not in RUNTIMES[runtime]:
+            raise UsageError(f"runtime {runtime} has no device {device!r}; choose one of "
+                             f"{', '.join(RUNTIMES[runtime])}")
+        precision = parts[2] if len(parts) > 2 else "fp32"
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if precision not in SUPPORTED_PRECISIONS:
+            raise UsageError(f"precision {precision} is not supported yet; use fp32")
+        if batch < 1:
+            raise UsageError(f"batch must be >= 1, not {batch}")
+        if threads < 1:
+            raise UsageError(f"threads must be >= 1, not {threads}")
+        return cls(runtime, device, precision, batch, threads)
+
+    def __str__(self) -> str:
+        return f"{self.runtime}:{self.device}:{self.precision}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
