@@ -1,0 +1,170 @@
+"""ONNX export with torch's dynamo exporter, run in onnxruntime on CPU.
+
+The file is self-contained (weights inside, no ``model.onnx.data``), has a dynamic batch axis,
+carries the run's metadata (architecture JSON, nas2deploy version) in ``metadata_props``, and
+passes ``onnx.checker`` with full shape inference before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from nas2deploy.errors import ExportError, ShapeError
+from nas2deploy.exporter import Artifact, ExportContext, Exporter, Runner
+from nas2deploy.target import Target
+
+from ._common import dist_versions, export_error, missing_modules, one_line, quiet
+
+FILE = "model.onnx"
+OPSET = 18  # what the dynamo exporter produces (asking for 17 silently gives 18)
+OUTPUT_NAME = "logits"
+# torch logs the whole failed trace (graphs, guards) at ERROR; the ExportError carries the reason
+TORCH_LOGGERS = ("torch", "torch.onnx", "torch.export", "torch._dynamo",
+                 "torch.fx.experimental.symbolic_shapes", "onnxscript")
+
+
+class OnnxExporter(Exporter):
+    name = "onnx"
+    runtime = "onnxruntime"
+    parity_atol = 1e-4
+    description = "ONNX opset 18 (torch dynamo exporter), dynamic batch; runs in onnxruntime (CPU)"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return missing_modules("onnx", "onnxscript", "onnxruntime")
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return dist_versions("torch", "onnx", "onnxscript", "onnxruntime")
+
+    def export(self, model: nn.Module, ctx: ExportContext) -> Artifact:
+        import onnx
+        import torch
+
+        ctx.bundle_dir.mkdir(parents=True, exist_ok=True)
+        path = ctx.bundle_dir / FILE
+        example = ctx.example.detach()
+        if example.shape[0] == 1:
+            # Trace at batch 2: at batch 1 torch.export may specialise the batch to a constant
+            # (0/1 specialisation) or quietly fall back to a static graph.
+            example = torch.cat([example, example])
+        was_training = model.training
+        model.eval()
+        t0 = time.perf_counter()
+        try:
+            with quiet(*TORCH_LOGGERS, level=logging.CRITICAL):
+                torch.onnx.export(
+                    model, (example,), str(path), dynamo=True, opset_version=OPSET,
+                    external_data=False, verbose=False, output_names=[OUTPUT_NAME],
+                    # positional, so it does not depend on the name of forward's argument
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                )
+        except Exception as exc:
+            raise ExportError(f"ONNX export (torch.onnx, dynamo) failed: {_export_reason(exc)}") from exc
+        finally:
+            model.train(was_training)
+        export_s = time.perf_counter() - t0
+
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:
+            raise export_error(f"ONNX model {path.name} failed to load", exc) from exc
+        if len(proto.graph.input) != 1 or not proto.graph.output:
+            raise ExportError(f"ONNX model has {len(proto.graph.input)} inputs and "
+                              f"{len(proto.graph.output)} outputs; expected one input")
+        in_dims, out_dims = _dims(proto.graph.input[0]), _dims(proto.graph.output[0])
+        if not in_dims or not out_dims or not isinstance(in_dims[0], str) \
+                or not isinstance(out_dims[0], str):
+            raise ExportError(f"ONNX export gave a fixed batch (input {in_dims}, output "
+                              f"{out_dims}); the model must not depend on the batch size")
+        try:
+            props = {p.key: p for p in proto.metadata_props}
+            for key, value in ctx.metadata.items():
+                if str(key) in props:
+                    props[str(key)].value = str(value)
+                else:
+                    entry = proto.metadata_props.add()
+                    entry.key, entry.value = str(key), str(value)
+            onnx.checker.check_model(proto, full_check=True)
+            onnx.save(proto, str(path))
+        except Exception as exc:
+            raise export_error(f"ONNX model {path.name} failed the checker or to save", exc) from exc
+
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        inp, out = proto.graph.input[0], proto.graph.output[0]
+        return Artifact(self.name, {"model": FILE}, info={
+            "opset": opset,
+            "ir_version": int(proto.ir_version),
+            "dynamic_batch": True,
+            "input_name": inp.name,
+            "input_shape": _dims(inp),
+            "output_name": out.name,
+            "output_shape": _dims(out),
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "export_s": round(export_s, 3),
+            "bytes": path.stat().st_size,
+        })
+
+    def runner(self, bundle_dir: Path, artifact: Artifact, target: Target) -> Runner:
+        import onnxruntime as ort
+
+        path = Path(bundle_dir) / artifact.files["model"]
+        if not path.is_file():
+            raise ExportError(f"ONNX model {path} does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(target.threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise export_error(f"onnxruntime could not load {path.name}", exc) from exc
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        if len(inputs) != 1:
+            raise ExportError(f"{path.name} has {len(inputs)} inputs; nas2deploy models take one")
+        in_name, in_shape = inputs[0].name, tuple(inputs[0].shape)
+        out_names = [outputs[0].name]
+        run_session = sess.run
+
+        def run(x: np.ndarray) -> np.ndarray:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            try:
+                return run_session(out_names, {in_name: x})[0]
+            except Exception as exc:
+                if x.ndim != len(in_shape) or any(
+                        isinstance(d, int) and d != s for d, s in zip(in_shape, x.shape)):
+                    raise ShapeError(f"input shape {tuple(x.shape)} does not fit the ONNX input "
+                                     f"{in_name}{list(in_shape)}") from exc
+                raise ExportError(f"onnxruntime inference failed: {one_line(exc)}") from exc
+
+        run.session = sess  # type: ignore[attr-defined]  # for inspection (tests, debugging)
+        return run
+
+
+def _export_reason(exc: BaseException) -> str:
+    """The cause torch.onnx names under '## Exception summary', else the first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    head, sep, tail = text.partition("## Exception summary")
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()] if sep else []
+    if lines:
+        reason = lines[0]
+        if reason.endswith(":") and len(lines) > 1 and not lines[1].startswith("("):
+            reason += " " + lines[1]  # "The following inconsistencies were found:" + the first
+        reason = re.sub(r"^<class '(?:[\w.]+\.)?(\w+)'>:", r"\1:", reason)
+        return reason if len(reason) <= 300 else reason[:299] + "…"
+    return one_line(exc)
+
+
+def _dims(value_info) -> list:
+    """Shape of an ONNX graph input/output: ints, or the symbol name of a dynamic axis."""
+    return [d.dim_param if d.dim_param else int(d.dim_value)
+            for d in value_info.type.tensor_type.shape.dim]

@@ -1,0 +1,105 @@
+"""Latency measurement with a real onnxruntime runner, and the FLOPs proxy used during search.
+
+Nothing here asserts a wall-clock speed: only the protocol's bookkeeping and the proxy's algebra.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nas2deploy.counting import count_macs
+from nas2deploy.exporter import ExportContext
+from nas2deploy.latency import FlopsProxy, Protocol, measure
+from nas2deploy.netspec import build_network
+from nas2deploy.target import Target
+from nas2deploy_exporters.to_onnx import OnnxExporter
+
+onnx_missing = OnnxExporter.unavailable_reason()
+
+
+def spec(width: int = 8, mid: int = 16) -> dict:
+    return {
+        "input": {"channels": 1, "size": [16, 16]},
+        "num_classes": 10,
+        "nodes": [
+            {"id": "stem", "op": "conv", "inputs": ["input"], "c_in": 1, "c_out": width, "k": 3},
+            {"id": "mb", "op": "mbconv", "inputs": ["stem"], "c_in": width, "c_out": width,
+             "mid": mid, "k": 3},
+            {"id": "head", "op": "head", "inputs": ["mb"], "c_in": width, "num_classes": 10},
+        ],
+        "output": "head",
+    }
+
+
+@pytest.fixture(scope="module")
+def ort_runner(tmp_path_factory):
+    if onnx_missing:
+        pytest.skip(f"ONNX: {onnx_missing}")
+    torch.manual_seed(0)
+    net = build_network(spec()).eval()
+    bundle = tmp_path_factory.mktemp("latency")
+    target = Target("onnxruntime", threads=1)
+    ctx = ExportContext(bundle, net.example_input(1), target, {})
+    art = OnnxExporter().export(net, ctx)
+    return OnnxExporter().runner(bundle, art, target)
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).standard_normal((1, 1, 16, 16), dtype=np.float32)
+
+
+def test_measure_with_onnxruntime_runner(ort_runner, x):
+    proto = Protocol(warmup=5, runs=200, min_runs=20, max_seconds=0.5)
+    rep = measure(ort_runner, x, batch=1, threads=1, protocol=proto)
+    assert 0 < rep.min_ms <= rep.p50_ms <= rep.p90_ms
+    assert rep.min_ms <= rep.mean_ms
+    assert proto.min_runs <= rep.runs <= proto.runs
+    assert len(rep.samples_ms) == rep.runs
+    assert "1 intra-op thread" in rep.protocol and "batch 1" in rep.protocol
+    assert "samples_ms" not in rep.to_dict() and len(rep.to_dict(samples=True)["samples_ms"]) == rep.runs
+
+
+def test_measure_stops_at_min_runs_when_over_time(ort_runner, x):
+    proto = Protocol(warmup=1, runs=500, min_runs=12, max_seconds=0.0)
+    rep = measure(ort_runner, x, batch=4, threads=3, protocol=proto)
+    assert rep.runs == 12
+    assert "3 intra-op thread" in rep.protocol and "batch 4" in rep.protocol
+
+
+def test_measure_counts_every_call(x):
+    calls = []
+    proto = Protocol(warmup=3, runs=25, min_runs=5, max_seconds=60.0)
+    rep = measure(lambda a: calls.append(a.shape), x, protocol=proto)
+    assert len(calls) == 3 + 25 and rep.runs == 25
+
+
+def test_flops_proxy_fits_two_anchors_exactly():
+    small, large = spec(8, 16), spec(16, 48)
+    proxy = FlopsProxy([(1, 0.0), (2, 0.0)])  # placeholder, only to reach .macs
+    m_small, m_large = proxy.macs(small), proxy.macs(large)
+    assert m_small < m_large
+    net = build_network(small)
+    assert m_small == count_macs(net, net.example_input(1))
+    proxy = FlopsProxy([(m_small, 0.08), (m_large, 0.20)])
+    assert proxy.predict(small) == pytest.approx(0.08, rel=1e-9)
+    assert proxy.predict(large) == pytest.approx(0.20, rel=1e-9)
+    assert proxy.a > 0 and proxy.b > 0  # per-call overhead plus a cost per MAC
+    d = proxy.describe()
+    assert d["name"] == "flops" and len(d["anchors"]) == 2
+
+
+def test_flops_proxy_is_monotonic_in_macs():
+    specs = [spec(w, m) for w, m in [(4, 8), (8, 16), (8, 32), (12, 32), (16, 48), (24, 64)]]
+    proxy = FlopsProxy([(10_000, 0.05), (400_000, 0.4)])
+    macs = [proxy.macs(s) for s in specs]
+    preds = [proxy.predict(s) for s in specs]
+    order = np.argsort(macs)
+    assert all(np.diff(np.asarray(preds)[order]) > 0)
+
+
+def test_flops_proxy_needs_two_anchors():
+    with pytest.raises(ValueError):
+        FlopsProxy([(1000, 0.1)])
