@@ -77,16 +77,21 @@ def verify_parity(reference: nn.Module, runner: Runner, x: torch.Tensor, *, atol
     return worst
 
 
-def torch_runner(model: nn.Module, threads: int) -> Runner:
-    """Eager PyTorch as a runtime (``torch:cpu``): a reference, ~10× slower than the runtimes."""
-    model = model.eval()
+def torch_runner(model: nn.Module, threads: int, device: str = "cpu") -> Runner:
+    """Eager PyTorch as a runtime (``torch:cpu``/``torch:cuda``): a reference, not a deployment.
+
+    On CPU it is about 10× slower than onnxruntime/OpenVINO for small nets. On CUDA the call
+    synchronises, so a timed call covers the copy in, the kernels and the copy out.
+    """
+    model = model.eval().to(device)
 
     def run(x: np.ndarray) -> np.ndarray:
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
+                out = model(torch.from_numpy(x).to(device)).cpu().numpy()
+            return out
         finally:
             torch.set_num_threads(prev)
 

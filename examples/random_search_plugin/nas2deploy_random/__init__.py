@@ -1,0 +1,152 @@
+"""Random search (the baseline of Li & Talwalkar, "Random Search and Reproducibility for NAS", 2019).
+
+As pruning: the supernet holds every candidate op at every layer; each sample keeps one op per
+layer and removes the rest; the best sample on the architecture split survives.
+Each sampled subnet is trained briefly on its own (no weight sharing) and scored on held-out data.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nas2deploy.architecture import Architecture, fingerprint
+from nas2deploy.errors import UsageError
+from nas2deploy.method import MethodConfig, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.netspec import build_network
+from nas2deploy.train import accuracy, train
+
+CANDIDATES = {
+    "sep3": {"op": "sep", "k": 3},
+    "sep5": {"op": "sep", "k": 5},
+    "mb3_e3": {"op": "mbconv", "k": 3, "t": 3},
+    "mb5_e6": {"op": "mbconv", "k": 5, "t": 6},
+    "maxpool": {"op": "pool", "kind": "max"},
+}
+
+
+@dataclass
+class RandomConfig(MethodConfig):
+    samples: int = 8
+    layers: int = 4
+    width: int = 16
+    ops: list[str] = field(default_factory=lambda: list(CANDIDATES))
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.layers < 1 or self.width < 4:
+            raise UsageError("random: samples and layers must be >= 1, width >= 4")
+        bad = [o for o in self.ops if o not in CANDIDATES]
+        if bad:
+            raise UsageError(f"random: unknown op(s) {bad}; choose from {', '.join(CANDIDATES)}")
+
+
+def _spec(task: TaskSpec, cfg: RandomConfig, choice: list[str]) -> dict:
+    c = cfg.width
+    nodes = [{"id": "stem", "op": "conv", "inputs": ["input"], "c_in": task.input_channels,
+              "c_out": c, "k": 3, "stride": 1, "act": "relu"}]
+    prev = "stem"
+    for i, name in enumerate(choice):
+        # Halve the resolution and double the width every other layer.
+        stride = 2 if i % 2 == 1 else 1
+        c_out = c * 2 if stride == 2 else c
+        cand = CANDIDATES[name]
+        nid = f"l{i}"
+        if cand["op"] == "sep":
+            node = {"op": "sep", "c_in": c, "c_out": c_out, "k": cand["k"], "stride": stride}
+        elif cand["op"] == "mbconv":
+            node = {"op": "mbconv", "c_in": c, "c_out": c_out, "mid": c * cand["t"],
+                    "k": cand["k"], "stride": stride}
+        else:  # a pool keeps the width: follow it with a 1x1 conv when the width must grow
+            node = {"op": "pool", "c": c, "kind": cand["kind"], "stride": stride}
+            if c_out != c:
+                nodes.append({"id": nid + "_pool", "inputs": [prev], **node})
+                prev, node = nid + "_pool", {"op": "conv", "c_in": c, "c_out": c_out, "k": 1}
+        nodes.append({"id": nid, "inputs": [prev], **node})
+        prev, c = nid, c_out
+    nodes.append({"id": "head", "op": "head", "inputs": [prev], "c_in": c,
+                  "num_classes": task.num_classes})
+    return {"input": {"channels": task.input_channels, "size": [task.input_size] * 2},
+            "num_classes": task.num_classes, "nodes": nodes, "output": "head"}
+
+
+class Supernet(nn.Module):
+    """Holds the task and the decision; the sampled subnets are trained on their own."""
+
+    def __init__(self, task: TaskSpec, cfg: RandomConfig):
+        super().__init__()
+        self.task, self.cfg = task, cfg
+        self.best: list[str] | None = None
+        self.best_state: dict | None = None
+        self.scores: list[dict] = []
+
+
+class RandomSearch(SearchMethod):
+    name = "random"
+    paper = "Li & Talwalkar 2019, random search baseline (example third-party plugin)"
+    Config = RandomConfig
+    default_search_epochs = 2
+
+    def build(self, task: TaskSpec) -> Supernet:
+        return Supernet(task, self.config)
+
+    def space(self, supernet: Supernet) -> dict:
+        desc = {"layers": self.config.layers, "width": self.config.width, "ops": self.config.ops,
+                "task": vars(supernet.task)}
+        return {"name": "random-chain", "fingerprint": fingerprint(desc), **desc}
+
+    def _arch(self, supernet: Supernet, choice: list[str]) -> Architecture:
+        return Architecture(method=self.name, network=_spec(supernet.task, self.config, choice),
+                            space=self.space(supernet), decisions={"ops": choice})
+
+    def _by_macs(self, supernet: Supernet, pick) -> Architecture:
+        from nas2deploy.counting import count_macs
+
+        def macs(op):
+            net = build_network(_spec(supernet.task, self.config, [op] * self.config.layers))
+            return count_macs(net, net.example_input(1))
+
+        return self._arch(supernet, [pick(self.config.ops, key=macs)] * self.config.layers)
+
+    def largest(self, supernet: Supernet) -> Architecture:
+        return self._by_macs(supernet, max)
+
+    def smallest(self, supernet: Supernet) -> Architecture:
+        return self._by_macs(supernet, min)
+
+    def search(self, supernet: Supernet, ctx: SearchContext) -> None:
+        rng = random.Random(ctx.seed)
+        d = ctx.data
+        bar = ctx.progress(total=self.config.samples, desc="random samples") if ctx.progress else None
+        best = -1.0
+        for k in range(self.config.samples):
+            choice = [rng.choice(self.config.ops) for _ in range(self.config.layers)]
+            torch.manual_seed(ctx.seed + k)
+            net = build_network(_spec(supernet.task, self.config, choice))
+            train(net, d.x_weights, d.y_weights, epochs=ctx.epochs, seed=ctx.seed + k,
+                  batch_size=ctx.batch_size)
+            score = accuracy(net, d.x_arch, d.y_arch)
+            supernet.scores.append({"ops": choice, "arch_acc": score})
+            ctx.history.append({"epoch": k, "phase": "sample", "loss": float("nan"),
+                                "val_acc": accuracy(net, d.x_val, d.y_val), "arch_acc": score})
+            if score > best:
+                best, supernet.best = score, choice
+                supernet.best_state = copy.deepcopy(net.state_dict())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(best=f"{best:.3f}")
+        if bar is not None:
+            bar.close()
+
+    def decide(self, supernet: Supernet) -> Architecture:
+        if supernet.best is None:
+            raise RuntimeError("decide() before search(): nothing was sampled")
+        arch = self._arch(supernet, supernet.best)
+        arch.decisions["samples"] = supernet.scores
+        return arch
+
+    def inherited_weights(self, supernet: Supernet, arch: Architecture) -> dict:
+        return dict(supernet.best_state or {})

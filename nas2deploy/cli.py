@@ -1,0 +1,211 @@
+"""The ``nas2deploy`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from . import __version__
+from .config import RunConfig, load_toml, merge
+from .errors import Nas2DeployError, UsageError
+
+DEFAULTS = RunConfig()
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handled(fn):
+    """One clear line and the documented exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Nas2DeployError as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", 130)
+        except Exception as exc:  # a bug or an environment problem: say so in one line
+            if os.environ.get("NAS2DEPLOY_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"unexpected {type(exc).__name__}: {first} (set NAS2DEPLOY_DEBUG=1 for the "
+                  f"traceback)", 1)
+
+    return wrapper
+
+
+def _progress_factory(quiet: bool):
+    from tqdm.auto import tqdm
+
+    def make(total=None, desc=None):
+        return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True,
+                    disable=quiet, mininterval=0.5)
+
+    return make
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nas2deploy")
+def main() -> None:
+    """Neural architecture search as structured pruning, to a measured deployment bundle."""
+
+
+def _comma_list(ctx, param, value):
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter("give at least one name, comma separated")
+    return items
+
+
+@main.command("search-and-export")
+@click.option("--method", default=DEFAULTS.method, show_default=True,
+              help="Search method (see `nas2deploy methods`).")
+@click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
+              help="digits (embedded), cifar10:DIR (python batches) or folder:DIR (class per subfolder).")
+@click.option("--input-size", type=int, default=DEFAULTS.input_size, show_default=True,
+              help="Images are resized to this square size.")
+@click.option("--target", default=DEFAULTS.target, show_default=True,
+              help="RUNTIME:DEVICE[:PRECISION], e.g. openvino:cpu, onnxruntime:cpu, torch:cpu.")
+@click.option("--latency-ms", type=float, default=None,
+              help="Latency budget (p50, ms) on the target. Default: --latency-fraction.")
+@click.option("--latency-fraction", type=float, default=DEFAULTS.latency_fraction, show_default=True,
+              help="Budget = F x the measured p50 of the largest subnet of the space on the target.")
+@click.option("--threads", type=int, default=DEFAULTS.threads, show_default=True,
+              help="Intra-op threads of the target runtime.")
+@click.option("--batch", type=int, default=DEFAULTS.batch, show_default=True,
+              help="Deployed batch size (latency is measured and shipped at this shape).")
+@click.option("--export", "export", callback=_comma_list, default=",".join(DEFAULTS.export),
+              show_default=True, help="Formats to export, comma separated (see `nas2deploy exporters`).")
+@click.option("--search-epochs", type=int, default=None,
+              help="Search budget in epochs (default: the method's own).")
+@click.option("--retrain-epochs", type=int, default=DEFAULTS.retrain_epochs, show_default=True)
+@click.option("--retrain-from", type=click.Choice(["inherit", "scratch"]),
+              default=DEFAULTS.retrain_from, show_default=True,
+              help="Fine-tune the weights inherited from the supernet, or start from scratch.")
+@click.option("--max-rounds", type=int, default=DEFAULTS.max_rounds, show_default=True,
+              help="Measure-and-shrink rounds before giving up on the budget.")
+@click.option("--min-width", type=float, default=DEFAULTS.min_width, show_default=True,
+              help="Smallest width multiplier the budget loop may use.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="TOML file with any of these options (CLI wins); a [method-options] "
+              "table holds the method's own options.")
+@click.option("--out", default=DEFAULTS.out, show_default=True, help="Bundle directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage messages.")
+@handled
+def search_and_export_cmd(config_file: Path | None, as_json: bool, quiet: bool, **options: Any):
+    """Search, materialize, retrain, export, check parity and measure latency on the target.
+
+    Exit codes: 0 within budget, 2 bad input, 3 budget missed (bundle still written), 1 other.
+    """
+    from .pipeline import search_and_export
+
+    ctx = click.get_current_context()
+    cli_values = {k: v for k, v in options.items()
+                  if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
+                                                     ParameterSource.ENVIRONMENT)}
+    toml_values = load_toml(config_file) if config_file is not None else {}
+    cfg = merge(toml_values, cli_values)
+    log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
+    result = search_and_export(cfg, log=log, progress=_progress_factory(quiet))
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2))
+    _summary(result.manifest, result.out, err=as_json)
+    sys.exit(result.exit_code)
+
+
+def _summary(m: dict[str, Any], out: Path, err: bool) -> None:
+    lat, t = m["latency"], m["target"]
+    rows = [
+        ("method", m["method"]["name"]),
+        ("dataset", m["dataset"]["name"]),
+        ("target", f"{t['runtime']}:{t['device']}:{t['precision']} batch {t['batch']}, "
+                   f"{t['threads']} thread(s)"),
+        ("budget", f"{lat['budget_ms']:.4f} ms"),
+        ("measured p50 / p90", f"{lat['measured']['p50_ms']:.4f} / {lat['measured']['p90_ms']:.4f} ms "
+                               f"({lat['ratio_to_budget']:.2f} of budget)"),
+        ("predicted", f"{lat['predicted_ms']:.4f} ms"),
+        ("within budget", "yes" if lat["within_budget"] else "NO (exit 3)"),
+        ("rounds", str(len(lat["rounds"]))),
+        ("test top-1", f"{m['accuracy']['top1']:.4f} (runtime {m['accuracy']['runtime_top1']:.4f})"),
+        ("params / MACs", f"{m['model']['params']:,} / {m['model']['macs']:,}"),
+        ("width multiplier", f"{m['model']['width_multiplier']:g}"),
+    ]
+    rows += [(f"parity {k}", f"{v['max_abs_diff']:.2e}") for k, v in m["parity"].items()]
+    rows += [("time", f"{m['timings']['total_s']:.0f} s"), ("bundle", str(out))]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{w}}  {v}", err=err)
+
+
+@main.command("methods")
+@handled
+def methods_cmd():
+    """List installed search methods (entry-point group nas2deploy.methods)."""
+    from .registry import methods
+
+    entries = methods.entries()
+    if not entries:
+        click.echo("no methods installed")
+    for e in entries:
+        if e.obj is None:
+            click.echo(f"{e.name:<12} {e.dist:<20} BROKEN: {e.error}")
+        else:
+            click.echo(f"{e.name:<12} {e.dist:<20} {getattr(e.obj, 'paper', '')}")
+
+
+@main.command("exporters")
+@handled
+def exporters_cmd():
+    """List installed exporters, their runtime, and whether they can run here."""
+    from .registry import exporters
+
+    for e in exporters.entries():
+        if e.obj is None:
+            status = f"BROKEN: {e.error}"
+        else:
+            reason = e.obj.unavailable_reason()
+            status = "available" if reason is None else f"unavailable: {reason}"
+        runtime = getattr(e.obj, "runtime", None) or "-"
+        click.echo(f"{e.name:<10} {e.dist:<20} runtime={runtime:<12} {status}")
+
+
+@main.command("measure")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--target", default=None, help="RUNTIME:DEVICE[:PRECISION] (default: the bundle's).")
+@click.option("--threads", type=int, default=None, help="Default: the bundle's.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement as JSON on stdout.")
+@click.option("--no-record", is_flag=True, help="Do not append the measurement to the manifest.")
+@handled
+def measure_cmd(bundle: Path, target: str | None, threads: int | None, as_json: bool,
+                no_record: bool):
+    """Re-measure a bundle on this machine; exit 3 if over its budget."""
+    from .measure import measure_bundle
+
+    rec = measure_bundle(bundle, target=target, threads=threads, record=not no_record)
+    if as_json:
+        click.echo(json.dumps(rec, indent=2))
+    else:
+        verdict = "within budget" if rec["within_budget"] else "OVER BUDGET"
+        click.echo(f"{rec['target']}: p50 {rec['p50_ms']:.4f} ms, p90 {rec['p90_ms']:.4f} ms "
+                   f"({rec['runs']} runs) vs budget {rec['budget_ms']:.4f} ms: {verdict}")
+    sys.exit(0 if rec["within_budget"] else 3)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

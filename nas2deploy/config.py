@@ -1,0 +1,122 @@
+"""RunConfig: every option of ``search-and-export``, settable from the CLI or a TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UsageError
+
+
+@dataclass
+class RunConfig:
+    method: str = "dsonas"
+    dataset: str = "digits"
+    input_size: int = 32
+    target: str = "openvino:cpu"
+    latency_ms: float | None = None
+    latency_fraction: float = 0.6
+    threads: int = 1
+    batch: int = 1
+    export: list[str] = field(default_factory=lambda: ["onnx", "openvino"])
+    search_epochs: int | None = None  # None: the method's own default
+    retrain_epochs: int = 12
+    retrain_from: str = "inherit"
+    seed: int = 0
+    out: str = "nas2deploy-out"
+    overwrite: bool = False
+    max_rounds: int = 6
+    min_width: float = 0.25
+    parity_samples: int = 64
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.latency_ms is not None and not self.latency_ms > 0:
+            raise UsageError(f"--latency-ms must be > 0, not {self.latency_ms:g}")
+        if not 0 < self.latency_fraction <= 1:
+            raise UsageError(f"--latency-fraction must be in (0, 1], not {self.latency_fraction:g}")
+        if not 8 <= self.input_size <= 512:
+            raise UsageError(f"--input-size must be in 8..512, not {self.input_size}")
+        if self.search_epochs is not None and self.search_epochs < 1:
+            raise UsageError(f"--search-epochs must be >= 1, not {self.search_epochs}")
+        if self.retrain_epochs < 0:
+            raise UsageError(f"--retrain-epochs must be >= 0, not {self.retrain_epochs}")
+        if self.retrain_from not in ("inherit", "scratch"):
+            raise UsageError(f"--retrain-from must be 'inherit' or 'scratch', not {self.retrain_from!r}")
+        if self.threads < 1 or self.batch < 1:
+            raise UsageError("--threads and --batch must be >= 1")
+        if self.max_rounds < 1:
+            raise UsageError(f"--max-rounds must be >= 1, not {self.max_rounds}")
+        if not 0 < self.min_width <= 1:
+            raise UsageError(f"--min-width must be in (0, 1], not {self.min_width:g}")
+        if not self.export:
+            raise UsageError("--export needs at least one format, e.g. onnx,openvino")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file into RunConfig field values (the ``[method-options]`` table holds the
+    method's own options)."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read config {p}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config {p} is not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {}
+    for key, val in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            known = ", ".join(sorted(k.replace("_", "-") for k in FIELDS))
+            raise UsageError(f"unknown key {key!r} in config {p}; known keys: {known}")
+        if name == "export" and isinstance(val, str):
+            val = [s.strip() for s in val.split(",") if s.strip()]
+        values[name] = val
+    return values
+
+
+def merge(toml_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
+    """Defaults < config file < command line."""
+    values = {**toml_values, **cli_values}
+    try:
+        cfg = RunConfig(**values)
+    except TypeError as exc:
+        raise UsageError(f"bad configuration: {exc}") from exc
+    for name, val in values.items():
+        _check_type(name, val)
+    cfg.validate()
+    return cfg
+
+
+_TYPES = {"method": str, "dataset": str, "target": str, "out": str, "retrain_from": str,
+          "input_size": int, "threads": int, "batch": int, "retrain_epochs": int, "seed": int,
+          "max_rounds": int, "parity_samples": int, "search_epochs": (int, type(None)),
+          "latency_ms": (int, float, type(None)), "latency_fraction": (int, float),
+          "min_width": (int, float), "overwrite": bool, "export": list, "method_options": dict}
+
+
+def _check_type(name: str, val: Any) -> None:
+    want = _TYPES.get(name)
+    if want is None:
+        return
+    if isinstance(val, bool) and want is not bool:
+        ok = False
+    else:
+        ok = isinstance(val, want)
+    if not ok:
+        raise UsageError(f"option {name.replace('_', '-')} has the wrong type "
+                         f"({type(val).__name__}: {val!r})")

@@ -1,0 +1,41 @@
+"""``nas2deploy measure``: time a bundle's artifact on the machine it runs on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from .bundle import MANIFEST, load_bundle, read_manifest, write_json_atomic
+from .errors import BundleError
+from .exporter import Artifact
+from .latency import measure
+from .runtime import cpu_name, exporter_for_runtime, random_input, runner_for
+from .target import Target
+
+
+def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: int | None = None,
+                   record: bool = True) -> dict[str, Any]:
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    t = manifest["target"]
+    try:
+        tgt = Target.parse(target or f"{t['runtime']}:{t['device']}:{t['precision']}",
+                           batch=int(t["batch"]), threads=threads or int(t["threads"]))
+        shape = tuple(manifest["preprocessing"]["input_shape"])
+        budget = float(manifest["latency"]["budget_ms"])
+        artifacts = {name: Artifact(name, a["files"], a.get("info", {}))
+                     for name, a in manifest.get("artifacts", {}).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST} is incomplete ({exc}); re-run search-and-export") from exc
+    model = load_bundle(root) if exporter_for_runtime(tgt.runtime) is None else None
+    run = runner_for(model, tgt, root, artifacts)
+    rep = measure(run, random_input((tgt.batch, *shape[1:])), batch=tgt.batch, threads=tgt.threads)
+    rec = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "target": str(tgt), "threads": tgt.threads, "batch": tgt.batch, "cpu": cpu_name(),
+           "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "runs": rep.runs, "protocol": rep.protocol,
+           "budget_ms": budget, "within_budget": rep.p50_ms <= budget}
+    if record:
+        manifest.setdefault("measurements", []).append(rec)
+        write_json_atomic(root / MANIFEST, manifest)
+    return rec

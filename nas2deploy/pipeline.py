@@ -1,0 +1,341 @@
+"""search-and-export: supernet → search → Architecture → subnet → retrain → export → measure → bundle.
+
+Every input is checked before any work starts, so bad input costs nothing and writes nothing.
+Latency is decided by measurement on the target runtime: the estimate only proposes a width,
+each proposal is exported and timed, and the estimate is recalibrated on what was measured
+(a bounded number of rounds, every one recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__, registry
+from .architecture import Architecture
+from .bundle import FORMAT, FORMAT_VERSION, MANIFEST, check_out_dir, save_weights, sha256, staged_bundle
+from .config import RunConfig
+from .counting import count_macs, count_params
+from .data import Dataset, load_dataset, parse_dataset_spec
+from .errors import UsageError
+from .exporter import ExportContext, verify_parity
+from .latency import FlopsProxy, LatencyModel, LatencyReport, Protocol, measure
+from .materialize import materialize, scale_width
+from .method import SearchContext, SearchData, SearchMethod, TaskSpec
+from .netspec import GraphNet
+from .runtime import (check_target_device, environment, exporter_for_runtime, export_chain,
+                      measure_model, random_input, resolve_chain, runner_for)
+from .target import Target
+from .train import accuracy, predict, reinitialize, train
+
+# Aim a little under the budget: the estimate proposes, measurement on a shared CPU disposes.
+AIM = 0.95
+# A within-budget result this far under the budget is grown again if rounds remain.
+LOW_WATER = 0.85
+
+
+@dataclass
+class Result:
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.manifest["latency"]["within_budget"] else 3
+
+
+@dataclass
+class Plan:
+    """Everything resolved from the config before any work."""
+
+    cfg: RunConfig
+    target: Target
+    method: SearchMethod
+    exports: list[str]
+    out: Path
+
+
+def plan(cfg: RunConfig) -> Plan:
+    cfg.validate()
+    target = Target.parse(cfg.target, batch=cfg.batch, threads=cfg.threads)
+    check_target_device(target)
+    method = registry.methods.get(cfg.method)(cfg.method_options)
+    runtime_exporter = exporter_for_runtime(target.runtime)
+    wanted = list(dict.fromkeys(cfg.export + ([runtime_exporter] if runtime_exporter else [])))
+    exports = resolve_chain(wanted)
+    parse_dataset_spec(cfg.dataset)
+    out = Path(cfg.out)
+    check_out_dir(out, cfg.overwrite)
+    return Plan(cfg, target, method, exports, out)
+
+
+class _Quiet:
+    def update(self, n=1): ...
+    def set_postfix(self, **kw): ...
+    def close(self): ...
+
+
+def _null_progress(total=None, desc=None):
+    return _Quiet()
+
+
+def _split_for_search(ds: Dataset, seed: int) -> SearchData:
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds.x_train), generator=gen)
+    half = len(perm) // 2
+    w, a = perm[:half], perm[half:]
+    return SearchData(ds.x_train[w], ds.y_train[w], ds.x_train[a], ds.y_train[a], ds.x_val, ds.y_val)
+
+
+def _bisect_width(base: GraphNet, model: LatencyModel, aim_ms: float, lo: float, hi: float = 1.0,
+                  iters: int = 7) -> float:
+    """Largest multiplier in [lo, hi] whose predicted latency is ≤ aim (lo if none is)."""
+    def pred(m: float) -> float:
+        return model.predict(scale_width(base, m).spec())
+
+    if pred(hi) <= aim_ms:
+        return hi
+    if pred(lo) > aim_ms:
+        return lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if pred(mid) <= aim_ms:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _report_dict(rep: LatencyReport) -> dict[str, Any]:
+    return {"p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "mean_ms": rep.mean_ms, "runs": rep.runs,
+            "protocol": rep.protocol}
+
+
+def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: None,
+                      progress: Callable[..., Any] | None = None) -> Result:
+    p = plan(cfg)
+    progress = progress or _null_progress
+    target, method = p.target, p.method
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+
+    log(f"loading dataset {cfg.dataset}")
+    t = time.perf_counter()
+    ds = load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, progress=progress)
+    timings["data_s"] = time.perf_counter() - t
+    task = TaskSpec(ds.channels, ds.input_size, ds.num_classes)
+    shape = (target.batch, ds.channels, ds.input_size, ds.input_size)
+    supernet = method.build(task)
+    space = method.space(supernet)
+
+    # Budget reference: the largest and the smallest subnet, measured on the target itself.
+    log(f"measuring the largest and smallest subnets on {target}")
+    t = time.perf_counter()
+    largest = materialize(method.largest(supernet))
+    smallest = scale_width(materialize(method.smallest(supernet)), cfg.min_width)
+    rep_large = measure_model(largest, target, shape)
+    rep_small = measure_model(smallest, target, shape)
+    timings["reference_s"] = time.perf_counter() - t
+    if cfg.latency_ms is not None:
+        budget, budget_source = float(cfg.latency_ms), "--latency-ms"
+    else:
+        budget = cfg.latency_fraction * rep_large.p50_ms
+        budget_source = (f"{cfg.latency_fraction:g} x largest subnet's measured p50 "
+                         f"({rep_large.p50_ms:.4f} ms)")
+    if budget < rep_small.p50_ms:
+        raise UsageError(
+            f"latency budget {budget:.4f} ms is below the smallest subnet this space yields "
+            f"({rep_small.p50_ms:.4f} ms p50 on {target} at width {cfg.min_width:g}); raise the "
+            f"budget or lower --min-width")
+    example = largest.example_input(1)
+    lat_model = FlopsProxy([(count_macs(largest, example), rep_large.p50_ms),
+                            (count_macs(smallest, example), rep_small.p50_ms)])
+    log(f"budget {budget:.4f} ms p50 ({budget_source}); largest {rep_large.p50_ms:.4f} ms, "
+        f"smallest {rep_small.p50_ms:.4f} ms")
+
+    # Search.
+    epochs = cfg.search_epochs or getattr(method, "default_search_epochs", 10)
+    ctx = SearchContext(data=_split_for_search(ds, cfg.seed), epochs=epochs, seed=cfg.seed,
+                        budget_ms=budget, latency_model=lat_model, progress=progress, log=log)
+    log(f"searching with {method.name} for {epochs} epochs")
+    t = time.perf_counter()
+    method.search(supernet, ctx)
+    timings["search_s"] = time.perf_counter() - t
+    arch = method.decide(supernet)
+    weights = method.inherited_weights(supernet, arch) if cfg.retrain_from == "inherit" else {}
+    base = materialize(arch, weights)
+    del supernet
+
+    # Closed loop on the measured latency.
+    t = time.perf_counter()
+    rounds: list[dict[str, Any]] = []
+    final = None
+    width = _bisect_width(base, lat_model, AIM * budget, cfg.min_width)
+    tried: set[float] = set()
+    best: tuple[float, GraphNet, LatencyReport] | None = None
+    while len(rounds) < cfg.max_rounds:
+        width = round(width, 4)
+        tried.add(width)
+        cand = scale_width(base, width)
+        predicted = lat_model.predict(cand.spec())
+        rep = measure_model(cand, target, shape)
+        within = rep.p50_ms <= budget
+        rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
+                       "predicted_ms": predicted, "measured_p50_ms": rep.p50_ms,
+                       "measured_p90_ms": rep.p90_ms, "within_budget": within,
+                       "params": count_params(cand), "macs": count_macs(cand, example),
+                       "stage": "pre-retrain"})
+        log(f"round {len(rounds)}: width x{width:g} predicted {predicted:.4f} ms, measured p50 "
+            f"{rep.p50_ms:.4f} ms ({rep.p50_ms / budget:.2f} of budget)")
+        if predicted > 0:
+            lat_model.scale *= rep.p50_ms / predicted
+        if within and (best is None or width > best[0]):
+            best = (width, cand, rep)
+        nxt = round(_bisect_width(base, lat_model, AIM * budget, cfg.min_width), 4)
+        if within:
+            if rep.p50_ms >= LOW_WATER * budget or width >= 1.0 or nxt <= width + 1e-3:
+                break
+        else:
+            if width <= cfg.min_width:
+                break
+            nxt = min(nxt, round(width * 0.95, 4))
+            nxt = max(nxt, cfg.min_width)
+            if best is not None and nxt <= best[0]:
+                break
+        if nxt in tried:
+            break
+        width = nxt
+    if best is not None:
+        width, subnet, _ = best
+    else:
+        subnet = cand
+    timings["rounds_s"] = time.perf_counter() - t
+
+    # Retrain (fine-tune inherited weights, or from scratch), then export into the bundle.
+    if cfg.retrain_from == "scratch":
+        reinitialize(subnet, cfg.seed)
+    history_retrain: list[dict[str, Any]] = []
+    log(f"retraining ({cfg.retrain_from}) for {cfg.retrain_epochs} epochs")
+    timings["retrain_s"] = train(subnet, ds.x_train, ds.y_train, epochs=cfg.retrain_epochs,
+                                 seed=cfg.seed, x_val=ds.x_val, y_val=ds.y_val, progress=progress,
+                                 desc="retrain", history=history_retrain)
+    subnet.eval()
+    top1 = accuracy(subnet, ds.x_test, ds.y_test)
+
+    arch_final = Architecture(method=arch.method, network=subnet.spec(), space=arch.space,
+                              decisions=arch.decisions, width_multiplier=width, seed=cfg.seed,
+                              metadata={**arch.metadata, "nas2deploy_version": __version__})
+    with staged_bundle(p.out, cfg.overwrite) as tmp:
+        log(f"exporting {', '.join(p.exports)}")
+        t = time.perf_counter()
+        arch_final.metadata["predicted_ms"] = lat_model.predict(arch_final.network)
+        xctx = ExportContext(tmp, ds.x_test[: target.batch].clone(), target,
+                             {"nas2deploy_version": __version__,
+                              "architecture": arch_final.to_json()})
+        export_chain(subnet, p.exports, xctx)
+        parity = _check_parity(subnet, p.exports, xctx, ds, cfg.parity_samples)
+        timings["export_s"] = time.perf_counter() - t
+
+        log(f"measuring the exported model on {target}")
+        run = runner_for(subnet, target, tmp, xctx.artifacts)
+        final = measure(run, random_input(shape, cfg.seed), batch=target.batch,
+                        threads=target.threads)
+        within = final.p50_ms <= budget
+        rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
+                       "predicted_ms": arch_final.metadata["predicted_ms"],
+                       "measured_p50_ms": final.p50_ms, "measured_p90_ms": final.p90_ms,
+                       "within_budget": within, "params": count_params(subnet),
+                       "macs": count_macs(subnet, example), "stage": "final (bundle artifact)"})
+        runtime_top1 = _runtime_top1(run, ds, target.batch)
+        arch_final.metadata["measured_p50_ms"] = final.p50_ms
+
+        files = {"architecture": "architecture.json", "weights": "model.safetensors",
+                 "report": "report.md", "manifest": MANIFEST}
+        arch_final.save(tmp / files["architecture"])
+        save_weights(subnet, tmp / files["weights"])
+        for art in xctx.artifacts.values():
+            for key, rel in art.files.items():
+                files[f"{art.format}_{key}" if key != "model" else art.format] = rel
+        timings["total_s"] = time.perf_counter() - t_all
+
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "nas2deploy_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "method": {"name": method.name, "paper": method.paper,
+                       "config": method.config.to_dict(), "space": space},
+            "dataset": ds.describe(),
+            "preprocessing": {"layout": "NCHW", "input_shape": list(shape), "mean": ds.mean,
+                              "std": ds.std, "note": "x = (pixel/255 - mean) / std per channel"},
+            "target": target.to_dict(),
+            "latency": {
+                "budget_ms": budget, "budget_source": budget_source,
+                "reference": {"largest_p50_ms": rep_large.p50_ms,
+                              "smallest_p50_ms": rep_small.p50_ms, "min_width": cfg.min_width},
+                "latency_model": lat_model.describe(),
+                "predicted_ms": arch_final.metadata["predicted_ms"],
+                "measured": _report_dict(final), "within_budget": within,
+                "ratio_to_budget": final.p50_ms / budget, "rounds": rounds,
+            },
+            "parity": parity,
+            "accuracy": {"top1": top1, "split": "test", "samples": len(ds.y_test),
+                         "runtime_top1": runtime_top1, "runtime": target.runtime},
+            "model": {"params": count_params(subnet), "macs": count_macs(subnet, example),
+                      "width_multiplier": width, "nodes": len(arch_final.network["nodes"])},
+            "search": {"epochs": epochs, "history": ctx.history},
+            "retrain": {"from": cfg.retrain_from, "epochs": cfg.retrain_epochs,
+                        "history": history_retrain},
+            "artifacts": {name: {"files": a.files, "info": a.info}
+                          for name, a in xctx.artifacts.items()},
+            "files": files,
+            "run_config": cfg.to_dict(),
+            "seed": cfg.seed,
+            "timings": timings,
+            "environment": environment(),
+        }
+        from .report import write_report  # matplotlib is only needed here
+
+        figures = write_report(tmp, manifest, arch_final)
+        files.update(figures)
+        manifest["hashes"] = {rel: sha256(tmp / rel) for key, rel in sorted(files.items())
+                              if key != "manifest"}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log(f"bundle written to {p.out}")
+    return Result(p.out, manifest)
+
+
+def _check_parity(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Dataset,
+                  samples: int) -> dict[str, Any]:
+    """Every exported runtime against the PyTorch subnet on real test images, batch by batch."""
+    batch = xctx.target.batch
+    n = max(batch, min(samples, len(ds.x_test)) // batch * batch)
+    x = ds.x_test[:n]
+    out: dict[str, Any] = {}
+    for name in exports:
+        exporter = registry.exporters.get(name)()
+        target = Target(getattr(exporter, "runtime", None) or xctx.target.runtime,
+                        xctx.target.device, xctx.target.precision, batch, xctx.target.threads)
+        run = exporter.runner(xctx.bundle_dir, xctx.artifacts[name], target)
+        worst = 0.0
+        for i in range(0, n, batch):
+            worst = max(worst, verify_parity(subnet, run, x[i:i + batch], atol=exporter.parity_atol))
+        out[name] = {"max_abs_diff": worst, "atol": exporter.parity_atol, "samples": n,
+                     "inputs": "test split"}
+    return out
+
+
+def _runtime_top1(run, ds: Dataset, batch: int) -> float:
+    n = len(ds.x_test) // batch * batch
+    correct = 0
+    for i in range(0, n, batch):
+        logits = run(ds.x_test[i:i + batch].numpy())
+        correct += int((torch.from_numpy(logits).argmax(1) == ds.y_test[i:i + batch]).sum())
+    return correct / n if n else math.nan

@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CI", "true")  # belt and braces: no library may phone home from tests
+
+
+@pytest.fixture(scope="session")
+def random_plugin(tmp_path_factory):
+    """The example third-party plugin, really pip-installed (into a private folder) and found
+    through its entry point, as a user's plugin would be."""
+    target = tmp_path_factory.mktemp("plugin-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target),
+                    str(ROOT / "examples" / "random_search_plugin")],
+                   check=True, capture_output=True)
+    sys.path.insert(0, str(target))
+    from nas2deploy import registry
+
+    registry.methods.refresh()
+    yield target
+    sys.path.remove(str(target))
+    registry.methods.refresh()
+
+
+@pytest.fixture
+def tiny_random_config(tmp_path):
+    """A config for the random plugin that runs the whole pipeline in seconds."""
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 3\n'
+                   'target = "onnxruntime:cpu"\nexport = "onnx"\n'
+                   '[method-options]\nsamples = 2\nlayers = 2\nwidth = 8\n')
+    return cfg

@@ -1,0 +1,288 @@
+"""The command line: success path, bundle contents, measure, and every bad input of the spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nas2deploy import load_bundle
+from nas2deploy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def assert_clean_error(res, code=2, needle=None):
+    assert res.exit_code == code, res.output
+    err = res.stderr if hasattr(res, "stderr") else res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith(("error:", "Error:", "Usage:")), err
+    if needle:
+        assert needle in err, err
+
+
+def no_leftovers(parent: Path, name: str):
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")] == []
+
+
+@pytest.fixture(scope="module")
+def bundle(random_plugin, tmp_path_factory):
+    """One real run of the whole pipeline (tiny config), shared by the bundle tests."""
+    out = tmp_path_factory.mktemp("run") / "bundle"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier run")
+    cfg = out.parent / "tiny.toml"
+    cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 4\n'
+                   'target = "onnxruntime:cpu"\nexport = "onnx,openvino"\n'
+                   '[method-options]\nsamples = 2\nlayers = 2\nwidth = 8\n')
+    res = run_cli("search-and-export", "--config", str(cfg), "--out", str(out), "--quiet",
+                  "--latency-fraction", "0.9", "--overwrite", "--json")
+    assert res.exit_code in (0, 3), res.output
+    assert json.loads(res.stdout)["method"]["name"] == "random"  # --json: the manifest on stdout
+    return out
+
+
+def test_bundle_layout_and_manifest(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    for key in ("format", "nas2deploy_version", "method", "dataset", "target", "latency", "parity",
+                "accuracy", "model", "files", "environment"):
+        assert key in m
+    assert set(m["target"]) >= {"runtime", "device", "precision", "batch", "threads"}
+    lat = m["latency"]
+    assert set(lat) >= {"budget_ms", "predicted_ms", "measured", "within_budget", "rounds"}
+    assert set(lat["measured"]) >= {"p50_ms", "p90_ms", "runs", "protocol"}
+    assert lat["measured"]["p50_ms"] <= lat["measured"]["p90_ms"]
+    assert lat["within_budget"] == (lat["measured"]["p50_ms"] <= lat["budget_ms"])
+    assert lat["rounds"] and lat["rounds"][-1]["measured_p50_ms"] == lat["measured"]["p50_ms"]
+    assert set(m["parity"]) == {"onnx", "openvino"}
+    assert all(p["max_abs_diff"] <= 1e-4 for p in m["parity"].values())
+    assert m["accuracy"]["split"] == "test" and 0 <= m["accuracy"]["top1"] <= 1
+    assert m["model"]["params"] > 0 and m["model"]["macs"] > 0
+    assert not (bundle / "stale.txt").exists()  # --overwrite replaced the old folder whole
+    for rel in m["files"].values():
+        assert (bundle / rel).is_file(), rel
+    for name in ("architecture.json", "model.safetensors", "model.onnx", "openvino/model.xml",
+                 "openvino/model.bin", "report.md", "architecture.png", "curves.png"):
+        assert (bundle / name).is_file(), name
+    assert m["environment"]["torch"] and m["environment"]["onnxruntime"]
+    report = (bundle / "report.md").read_text()
+    assert "architecture.png" in report and "curves.png" in report
+    assert no_leftovers(bundle.parent, bundle.name)
+
+
+def test_load_bundle_rebuilds_the_exported_function(bundle):
+    import onnx
+    import onnxruntime as ort
+
+    net = load_bundle(bundle)
+    assert type(net).__module__ == "nas2deploy.netspec"  # no method classes survive
+    x = torch.randn(3, 1, 16, 16)
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]  # dynamic batch of 3
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), atol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}
+    assert json.loads(meta["architecture"])["network"] == json.loads(
+        (bundle / "architecture.json").read_text())["network"]
+
+
+def test_measure_appends_and_exits_by_budget(bundle):
+    res = run_cli("measure", str(bundle), "--json")
+    rec = json.loads(res.stdout)
+    assert res.exit_code == (0 if rec["within_budget"] else 3)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["measurements"][-1]["p50_ms"] == rec["p50_ms"]
+    res = run_cli("measure", str(bundle), "--target", "openvino:cpu", "--no-record")
+    assert res.exit_code in (0, 3) and "openvino:cpu" in res.output
+    res = run_cli("measure", str(bundle), "--target", "torch:cpu", "--no-record")
+    assert res.exit_code in (0, 3), res.output
+
+
+def test_existing_bundle_needs_overwrite(bundle):
+    before = (bundle / "manifest.json").read_bytes()
+    res = run_cli("search-and-export", "--out", str(bundle))
+    assert_clean_error(res, 2, "--overwrite")
+    assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_overwrite_failure_keeps_the_old_bundle(random_plugin, tiny_random_config, tmp_path,
+                                                monkeypatch):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("old bundle")
+    from nas2deploy import pipeline
+    from nas2deploy.errors import ParityError
+
+    def broken(*a, **k):
+        raise ParityError("max |diff| 1.0e+00 > atol 1e-04")
+
+    monkeypatch.setattr(pipeline, "_check_parity", broken)
+    res = run_cli("search-and-export", "--config", str(tiny_random_config), "--out", str(out),
+                  "--overwrite", "--quiet", "--max-rounds", "1")
+    assert_clean_error(res, 1, "atol")
+    assert (out / "keep.txt").read_text() == "old bundle"
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert no_leftovers(tmp_path, "b")
+
+
+# --- bad input: one clear line, exit 2, nothing written -----------------------------------------
+
+BAD = [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--export", "onnx,zip"], "unknown exporter 'zip'"),
+    (["--target", "coreml:cpu"], "unknown runtime"),
+    (["--target", "openvino:cpu:fp32:x"], "malformed target"),
+    (["--target", "openvino:gpu"], "has no device"),
+    (["--latency-ms", "0"], "must be > 0"),
+    (["--latency-ms", "-3"], "must be > 0"),
+    (["--latency-fraction", "1.5"], "latency-fraction"),
+    (["--dataset", "cifar10:/nonexistent/dir"], "does not exist"),
+    (["--dataset", "mnist"], "unknown dataset"),
+    (["--search-epochs", "0"], "search-epochs"),
+    (["--input-size", "4"], "input-size"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input(args, needle, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("search-and-export", "--out", str(out), *args)
+    assert_clean_error(res, 2, needle)
+    assert not out.exists() and no_leftovers(tmp_path, "out")
+
+
+def test_malformed_dataset_dir(tmp_path):
+    d = tmp_path / "cifar"
+    d.mkdir()
+    (d / "data_batch_1").write_bytes(b"not a pickle at all")
+    res = run_cli("search-and-export", "--dataset", f"cifar10:{d}", "--out", str(tmp_path / "o"))
+    assert_clean_error(res, 2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert_clean_error(run_cli("search-and-export", "--out", str(f)), 2, "is a file")
+    assert f.read_text() == "x"
+
+
+def test_config_errors(tmp_path):
+    missing = tmp_path / "none.toml"
+    # click itself refuses a path that is a directory; a missing file is ours to report
+    assert_clean_error(run_cli("search-and-export", "--config", str(missing)), 2, "cannot read")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("method = [unclosed")
+    assert_clean_error(run_cli("search-and-export", "--config", str(bad)), 2, "not valid TOML")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("colour = 'blue'\n")
+    assert_clean_error(run_cli("search-and-export", "--config", str(unknown)), 2, "unknown key")
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("threads = 'two'\n")
+    assert_clean_error(run_cli("search-and-export", "--config", str(wrong)), 2, "wrong type")
+    badopt = tmp_path / "badopt.toml"
+    badopt.write_text("[method-options]\nno_such_option = 1\n")
+    assert_clean_error(run_cli("search-and-export", "--config", str(badopt),
+                               "--out", str(tmp_path / "o")), 2, "no_such_option")
+
+
+def test_cli_wins_over_config(random_plugin, tmp_path, monkeypatch):
+    from nas2deploy import pipeline
+
+    seen = {}
+
+    def fake(cfg, **kw):
+        seen["cfg"] = cfg
+        raise pipeline.UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "search_and_export", fake)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("threads = 2\nseed = 5\nexport = 'onnx'\n")
+    run_cli("search-and-export", "--config", str(cfg), "--threads", "3")
+    assert seen["cfg"].threads == 3 and seen["cfg"].seed == 5 and seen["cfg"].export == ["onnx"]
+
+
+def test_budget_below_smallest_subnet(random_plugin, tiny_random_config, tmp_path):
+    out = tmp_path / "o"
+    res = run_cli("search-and-export", "--config", str(tiny_random_config), "--out", str(out),
+                  "--latency-ms", "0.00001", "--quiet")
+    assert_clean_error(res, 2, "below the smallest subnet")
+    assert not out.exists() and no_leftovers(tmp_path, "o")
+
+
+@pytest.mark.parametrize("damage", ["no-manifest", "bad-json", "wrong-format", "missing-file",
+                                    "tampered", "not-a-dir"])
+def test_measure_rejects_corrupt_bundle(bundle, tmp_path, damage):
+    import shutil
+
+    b = tmp_path / "copy"
+    shutil.copytree(bundle, b)
+    if damage == "no-manifest":
+        (b / "manifest.json").unlink()
+    elif damage == "bad-json":
+        (b / "manifest.json").write_text("{ truncated")
+    elif damage == "wrong-format":
+        (b / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    elif damage == "missing-file":
+        (b / "model.onnx").unlink()
+    elif damage == "tampered":
+        with open(b / "model.onnx", "ab") as f:
+            f.write(b"\0")
+    else:
+        shutil.rmtree(b)
+        b.write_text("x")
+    assert_clean_error(run_cli("measure", str(b)), 2)
+
+
+def test_methods_and_exporters_lists(random_plugin):
+    res = run_cli("methods")
+    assert res.exit_code == 0 and "random" in res.output and "nas2deploy-random" in res.output
+    res = run_cli("exporters")
+    assert res.exit_code == 0
+    assert "onnx" in res.output and "openvino" in res.output and "available" in res.output
+
+
+def test_broken_plugin_is_listed_but_not_fatal(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[nas2deploy.methods]\nbroken = no_such_module:X\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    exe = Path(sys.executable).with_name("nas2deploy")
+    res = subprocess.run([str(exe), "methods"], env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and "BROKEN" in res.stdout and "broken-plugin" in res.stdout
+    res = subprocess.run([str(exe), "search-and-export", "--method", "broken"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "failed to load" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_console_script_subprocess(tmp_path):
+    exe = Path(sys.executable).with_name("nas2deploy")
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and "nas2deploy" in res.stdout
+    res = subprocess.run([str(exe), "search-and-export", "--target", "tpu", "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error:")
+    assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()
+    res = subprocess.run([str(exe), "measure", str(tmp_path / "missing")], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "not a directory" in res.stderr
+
+
+def test_core_never_imports_plugins():
+    for f in (ROOT / "nas2deploy").glob("*.py"):
+        text = f.read_text()
+        assert "nas2deploy_plugins" not in text and "nas2deploy_exporters" not in text, f.name
