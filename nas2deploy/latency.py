@@ -77,6 +77,17 @@ class LatencyModel(ABC):
     def predict(self, spec: dict[str, Any]) -> float:
         """Predicted latency in ms of the network described by ``spec``."""
 
+    def op_cost(self, sig) -> float:
+        """ms attributed to one op (an ``OpSignature``) inside a network, without the per-network
+        constant (``base_ms``). Gradient methods build their differentiable expectations from
+        these: expected latency = base_ms + Σ P(op)·op_cost(op)."""
+        raise NotImplementedError(f"latency model {self.name!r} has no per-op costs")
+
+    @property
+    def base_ms(self) -> float:
+        """Per-network constant (call overhead, stem-independent costs) in ms."""
+        return 0.0
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -102,6 +113,7 @@ class FlopsProxy(LatencyModel):
             self.a, self.b = float(max(a, 0.0)), float(max(b, 0.0))
         self.anchors = [(int(a), float(m)) for a, m in anchors]
         self.scale = 1.0  # closed-loop correction: measured / predicted of the last measured net
+        self._op_macs: dict[str, int] = {}
 
     def macs(self, spec: dict[str, Any]) -> int:
         from .counting import count_macs
@@ -112,6 +124,18 @@ class FlopsProxy(LatencyModel):
 
     def predict(self, spec: dict[str, Any]) -> float:
         return self.scale * (self.a + self.b * self.macs(spec))
+
+    def op_cost(self, sig) -> float:
+        from .netspec import single_op_spec
+
+        key = sig.key()
+        if key not in self._op_macs:
+            self._op_macs[key] = self.macs(single_op_spec(sig))
+        return self.scale * self.b * self._op_macs[key]
+
+    @property
+    def base_ms(self) -> float:
+        return self.scale * self.a
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "intercept_ms": self.a, "ms_per_mmac": self.b * 1e6,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -107,6 +108,19 @@ class SearchMethod(ABC):
     @abstractmethod
     def decide(self, supernet: nn.Module) -> Architecture:
         """Architecture parameters -> discrete Architecture. Must not train."""
+
+    def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
+        """Networks that together hold every candidate op of the space at its real input shape.
+
+        Latency tables measure each distinct op signature found in them (at several widths).
+        The default, the largest subnet, is enough when it contains every candidate (DSO-NAS);
+        a space with alternative ops at one position must return more.
+        """
+        return [self.largest(supernet)]
+
+    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+        """A random subnet of the space, for calibrating and benchmarking latency models."""
+        raise NotImplementedError(f"method {self.name!r} cannot sample random subnets")
 
     def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
         """Supernet weights for the materialized net, keyed by its state_dict names.

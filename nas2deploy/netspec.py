@@ -133,8 +133,8 @@ def _out_hw(h: int, k: int, s: int) -> int:
 
 
 def signatures(spec: dict[str, Any]) -> dict[str, OpSignature]:
-    """OpSignature of every node, with the spatial size it sees, from the spec alone."""
-    validate_spec(spec)
+    """OpSignature of every node, with the spatial size it sees."""
+    spec = GraphNet(spec).spec()  # every op parameter filled in, defaults included
     hw = {"input": tuple(spec["input"]["size"])}
     chans = {"input": spec["input"]["channels"]}
     out: dict[str, OpSignature] = {}
@@ -143,10 +143,12 @@ def signatures(spec: dict[str, Any]) -> dict[str, OpSignature]:
         op = n["op"]
         k, s = int(n.get("k", 0)), int(n.get("stride", 1))
         c_in = int(n.get("c_in", n.get("c", chans[n["inputs"][0]])))
-        if op in ("conv", "sep", "mbconv", "pool"):
+        if op in ("conv", "sep", "mbconv", "pool"):  # spatial ops: output size follows k, stride
             c_out = int(n.get("c_out", n.get("c", c_in)))
+            kind = {"pool": f"{n.get('kind')}pool",
+                    "mbconv": "mbconv" if n.get("expand", True) else "mbconv_noexpand"}.get(op, op)
             sig = OpSignature(
-                type=op if op != "pool" else f"{n.get('kind', 'max')}pool", h=h, w=w, c_in=c_in,
+                type=kind, h=h, w=w, c_in=c_in,
                 c_out=c_out, mid=int(n.get("mid", 0)), kernel=k, stride=s, se=int(n.get("se", 0)),
                 act=n.get("act", "none"))
             hw[n["id"]] = (_out_hw(h, k, s), _out_hw(w, k, s))
@@ -162,3 +164,35 @@ def signatures(spec: dict[str, Any]) -> dict[str, OpSignature]:
         chans[n["id"]] = c_out
         out[n["id"]] = sig
     return out
+
+
+def node_from_signature(sig: OpSignature, node_id: str = "op") -> dict[str, Any]:
+    """A node spec that builds the op a signature describes (for timing or counting it alone)."""
+    base = {"id": node_id, "inputs": ["input"]}
+    if sig.type == "conv":
+        return {**base, "op": "conv", "c_in": sig.c_in, "c_out": sig.c_out, "k": sig.kernel,
+                "stride": sig.stride, "act": sig.act}
+    if sig.type == "sep":
+        return {**base, "op": "sep", "c_in": sig.c_in, "c_out": sig.c_out, "k": sig.kernel,
+                "stride": sig.stride, "act": sig.act}
+    if sig.type in ("maxpool", "avgpool"):
+        return {**base, "op": "pool", "c": sig.c_in, "kind": sig.type[:3], "k": sig.kernel,
+                "stride": sig.stride, "act": sig.act}
+    if sig.type in ("mbconv", "mbconv_noexpand"):
+        return {**base, "op": "mbconv", "c_in": sig.c_in, "c_out": sig.c_out, "mid": sig.mid,
+                "k": sig.kernel, "stride": sig.stride, "expand": sig.type == "mbconv",
+                "se": sig.se, "act": sig.act}
+    if sig.type == "head":
+        return {**base, "op": "head", "c_in": sig.c_in, "num_classes": sig.c_out}
+    if sig.type == "bn_act":
+        return {**base, "op": "bn_act", "c": sig.c_in, "act": sig.act}
+    if sig.type in ("sum", "identity"):
+        n = max(1, sig.mid) if sig.type == "sum" else 1
+        return {**base, "op": sig.type, "inputs": ["input"] * n}
+    raise ValueError(f"no op builds signature type {sig.type!r}")
+
+
+def single_op_spec(sig: OpSignature) -> dict[str, Any]:
+    """A one-node network computing just the op of ``sig`` on an input of its shape."""
+    return {"input": {"channels": sig.c_in, "size": [sig.h, sig.w]},
+            "num_classes": sig.c_out, "nodes": [node_from_signature(sig)], "output": "op"}

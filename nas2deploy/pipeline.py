@@ -178,7 +178,6 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     # Closed loop on the measured latency.
     t = time.perf_counter()
     rounds: list[dict[str, Any]] = []
-    final = None
     width = _bisect_width(base, lat_model, AIM * budget, cfg.min_width)
     tried: set[float] = set()
     best: tuple[float, GraphNet, LatencyReport] | None = None
@@ -220,41 +219,53 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         subnet = cand
     timings["rounds_s"] = time.perf_counter() - t
 
-    # Retrain (fine-tune inherited weights, or from scratch), then export into the bundle.
-    if cfg.retrain_from == "scratch":
-        reinitialize(subnet, cfg.seed)
+    # Retrain (fine-tune inherited weights, or from scratch), export into the bundle, measure the
+    # bundle's own artifact. That measurement is the verdict; if it misses (the shared CPU is
+    # noisy; the pre-retrain rounds aimed under the budget) and rounds remain, shrink and redo.
     history_retrain: list[dict[str, Any]] = []
-    log(f"retraining ({cfg.retrain_from}) for {cfg.retrain_epochs} epochs")
-    timings["retrain_s"] = train(subnet, ds.x_train, ds.y_train, epochs=cfg.retrain_epochs,
-                                 seed=cfg.seed, x_val=ds.x_val, y_val=ds.y_val, progress=progress,
-                                 desc="retrain", history=history_retrain)
-    subnet.eval()
-    top1 = accuracy(subnet, ds.x_test, ds.y_test)
-
-    arch_final = Architecture(method=arch.method, network=subnet.spec(), space=arch.space,
-                              decisions=arch.decisions, width_multiplier=width, seed=cfg.seed,
-                              metadata={**arch.metadata, "nas2deploy_version": __version__})
+    timings["retrain_s"] = timings["export_s"] = 0.0
     with staged_bundle(p.out, cfg.overwrite) as tmp:
-        log(f"exporting {', '.join(p.exports)}")
-        t = time.perf_counter()
-        arch_final.metadata["predicted_ms"] = lat_model.predict(arch_final.network)
-        xctx = ExportContext(tmp, ds.x_test[: target.batch].clone(), target,
-                             {"nas2deploy_version": __version__,
-                              "architecture": arch_final.to_json()})
-        export_chain(subnet, p.exports, xctx)
-        parity = _check_parity(subnet, p.exports, xctx, ds, cfg.parity_samples)
-        timings["export_s"] = time.perf_counter() - t
+        while True:
+            if cfg.retrain_from == "scratch":
+                reinitialize(subnet, cfg.seed)
+            log(f"retraining ({cfg.retrain_from}) for {cfg.retrain_epochs} epochs")
+            timings["retrain_s"] += train(
+                subnet, ds.x_train, ds.y_train, epochs=cfg.retrain_epochs, seed=cfg.seed,
+                x_val=ds.x_val, y_val=ds.y_val, progress=progress, desc="retrain",
+                history=history_retrain)
+            subnet.eval()
+            arch_final = Architecture(method=arch.method, network=subnet.spec(), space=arch.space,
+                                      decisions=arch.decisions, width_multiplier=width,
+                                      seed=cfg.seed,
+                                      metadata={**arch.metadata, "nas2deploy_version": __version__})
+            arch_final.metadata["predicted_ms"] = lat_model.predict(arch_final.network)
 
-        log(f"measuring the exported model on {target}")
-        run = runner_for(subnet, target, tmp, xctx.artifacts)
-        final = measure(run, random_input(shape, cfg.seed), batch=target.batch,
-                        threads=target.threads)
-        within = final.p50_ms <= budget
-        rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
-                       "predicted_ms": arch_final.metadata["predicted_ms"],
-                       "measured_p50_ms": final.p50_ms, "measured_p90_ms": final.p90_ms,
-                       "within_budget": within, "params": count_params(subnet),
-                       "macs": count_macs(subnet, example), "stage": "final (bundle artifact)"})
+            log(f"exporting {', '.join(p.exports)}")
+            t = time.perf_counter()
+            xctx = ExportContext(tmp, ds.x_test[: target.batch].clone(), target,
+                                 {"nas2deploy_version": __version__,
+                                  "architecture": arch_final.to_json()})
+            export_chain(subnet, p.exports, xctx)
+            parity = _check_parity(subnet, p.exports, xctx, ds, cfg.parity_samples)
+            timings["export_s"] += time.perf_counter() - t
+
+            log(f"measuring the exported model on {target}")
+            run = runner_for(subnet, target, tmp, xctx.artifacts)
+            final = measure(run, random_input(shape, cfg.seed), batch=target.batch,
+                            threads=target.threads)
+            within = final.p50_ms <= budget
+            rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
+                           "predicted_ms": arch_final.metadata["predicted_ms"],
+                           "measured_p50_ms": final.p50_ms, "measured_p90_ms": final.p90_ms,
+                           "within_budget": within, "params": count_params(subnet),
+                           "macs": count_macs(subnet, example),
+                           "stage": "final (bundle artifact)"})
+            if within or len(rounds) >= cfg.max_rounds or width <= cfg.min_width:
+                break
+            width = max(cfg.min_width, round(width * 0.95, 4))
+            log(f"bundle artifact measured {final.p50_ms:.4f} ms > budget; shrinking to x{width:g}")
+            subnet = scale_width(base, width)
+        top1 = accuracy(subnet, ds.x_test, ds.y_test)
         runtime_top1 = _runtime_top1(run, ds, target.batch)
         arch_final.metadata["measured_p50_ms"] = final.p50_ms
 
