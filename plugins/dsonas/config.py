@@ -1,0 +1,124 @@
+"""DSO-NAS configuration: the space (levels, ops, stages, widths) and the search recipe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nas2deploy.errors import UsageError
+from nas2deploy.method import MethodConfig
+
+# Candidate ops a DAG level may hold: name -> (nas2deploy.ops op, its parameters besides width).
+# Every op is stride 1 and keeps the channel count, Conv-BN-ReLU order (METHODS.md §1.1).
+OP_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
+    "sep3": ("sep", {"k": 3}),
+    "sep5": ("sep", {"k": 5}),
+    "sep7": ("sep", {"k": 7}),
+    "conv1": ("conv", {"k": 1}),
+    "conv3": ("conv", {"k": 3}),
+    "maxpool": ("pool", {"kind": "max", "k": 3}),
+    "avgpool": ("pool", {"kind": "avg", "k": 3}),
+}
+
+ADAPTIVE_COSTS = ("flops", "none")
+
+
+def _default_ops() -> list[str]:
+    return ["sep3", "sep5", "maxpool", "avgpool"]
+
+
+@dataclass
+class DSONASConfig(MethodConfig):
+    """Options of the DSO-NAS search (all have defaults; see ``validate`` for the ranges).
+
+    The defaults are sized for the project's default run (digits, 1×32×32, ~630 + ~630 search
+    images, batch 64, two CPU cores): the paper's CIFAR space is 3 stages × 8 blocks with M=4 at
+    width 48, which is two orders of magnitude more compute than that run can afford.
+    """
+
+    # --- the space (these define the supernet and enter the space fingerprint) ---
+    levels: int = 3  # M: levels of the DAG in a block (paper: 4)
+    ops: list[str] = field(default_factory=_default_ops)  # N ops per level, names from OP_TABLE
+    stages: int = 3  # a reduction block sits between consecutive stages
+    blocks_per_stage: int = 1  # normal (DAG) blocks per stage (paper CIFAR: 8)
+    base_width: int = 16  # channels of the stem and the first stage; doubled by every reduction
+    # Stride of the 3×3 stem. The paper's CIFAR stem has stride 1; 2 quarters the cost of the
+    # first (costliest) stage, which is what lets the default search fit a CPU minute, and loses
+    # nothing on digits (8×8 images upsampled to 32×32).
+    stem_stride: int = 2
+
+    # --- sparsity ---
+    gamma: float = 0.02  # ℓ1 weight on λ (per edge, scaled by adaptive_cost)
+    adaptive_cost: str = "flops"  # "flops": γ_e = γ·MACs_e / max alive MACs; "none": γ_e = γ
+    prune_every: int = 1  # search epochs between rebuilds (dead λ zeroed for good); 0 = never
+
+    # --- schedule ---
+    pretrain_fraction: float = 0.3  # share of the epoch budget spent pre-training with λ ≡ 1
+    w_steps_per_arch_step: int = 1  # W:λ step ratio (paper: 1 on CIFAR, 4 on ImageNet)
+
+    # --- weights: NAG (SGD, Nesterov) ---
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+    # --- λ: APG-NAG (proximal, Nesterov) ---
+    arch_lr: float = 0.1
+    arch_momentum: float = 0.9
+    grad_clip: float = 2.0  # element-wise clip of every gradient, W and λ (0 = off)
+
+    # --- derivation ---
+    keep_scales: bool = True  # surviving λ become constant coefficients of the derived sums
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(f"dsonas: {msg}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(is_int(self.levels) and self.levels >= 1, f"levels must be an integer >= 1, not {self.levels!r}")
+        need(isinstance(self.ops, (list, tuple)) and len(self.ops) >= 1,
+             f"ops must be a non-empty list of op names, not {self.ops!r}")
+        for op in self.ops:
+            need(isinstance(op, str) and op in OP_TABLE,
+                 f"unknown op {op!r}; choose from {', '.join(OP_TABLE)}")
+        need(len(set(self.ops)) == len(self.ops), f"ops has duplicates: {self.ops!r}")
+        need(is_int(self.stages) and self.stages >= 1, f"stages must be an integer >= 1, not {self.stages!r}")
+        need(is_int(self.blocks_per_stage) and self.blocks_per_stage >= 0,
+             f"blocks_per_stage must be an integer >= 0, not {self.blocks_per_stage!r}")
+        need(is_int(self.base_width) and self.base_width >= 1,
+             f"base_width must be an integer >= 1, not {self.base_width!r}")
+        need(self.stem_stride in (1, 2) and is_int(self.stem_stride),
+             f"stem_stride must be 1 or 2, not {self.stem_stride!r}")
+        need(is_num(self.gamma) and self.gamma >= 0, f"gamma must be a number >= 0, not {self.gamma!r}")
+        need(self.adaptive_cost in ADAPTIVE_COSTS,
+             f"adaptive_cost must be one of {', '.join(ADAPTIVE_COSTS)}, not {self.adaptive_cost!r}")
+        need(is_int(self.prune_every) and self.prune_every >= 0,
+             f"prune_every must be an integer >= 0, not {self.prune_every!r}")
+        need(is_num(self.pretrain_fraction) and 0 <= self.pretrain_fraction < 1,
+             f"pretrain_fraction must be in [0, 1), not {self.pretrain_fraction!r}")
+        need(is_int(self.w_steps_per_arch_step) and self.w_steps_per_arch_step >= 1,
+             f"w_steps_per_arch_step must be an integer >= 1, not {self.w_steps_per_arch_step!r}")
+        for name in ("lr", "arch_lr"):
+            v = getattr(self, name)
+            need(is_num(v) and v > 0, f"{name} must be a number > 0, not {v!r}")
+        for name in ("momentum", "arch_momentum"):
+            v = getattr(self, name)
+            need(is_num(v) and 0 <= v < 1, f"{name} must be in [0, 1), not {v!r}")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be a number >= 0, not {self.weight_decay!r}")
+        need(is_num(self.grad_clip) and self.grad_clip >= 0,
+             f"grad_clip must be a number >= 0 (0 = off), not {self.grad_clip!r}")
+        need(isinstance(self.keep_scales, bool), f"keep_scales must be true or false, not {self.keep_scales!r}")
+        self.ops = list(self.ops)
+
+    def space_dict(self) -> dict[str, Any]:
+        """The fields that define the supernet (and so the space fingerprint)."""
+        return {"levels": self.levels, "ops": list(self.ops), "stages": self.stages,
+                "blocks_per_stage": self.blocks_per_stage, "base_width": self.base_width,
+                "stem_stride": self.stem_stride}

@@ -1,0 +1,227 @@
+"""The DSO-NAS search loop: pre-train W with λ ≡ 1, then alternate W (NAG) and λ (APG-NAG) steps.
+
+Each step touches only its own parameter set and its own data split (METHODS.md §1.3, pitfall 5):
+a weight step takes gradients for ``weight_parameters()`` only, on a batch of the W split; a λ
+step takes gradients for ``arch_parameters()`` only, on a batch of the λ split, and applies the
+proximal ℓ1 step. Pre-training uses the W split only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .config import DSONASConfig
+from .derive import alive_masks, zero_dead_edges
+from .prox import APGNAG
+from .space import DSONASSupernet, edge_costs
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN)."""
+    order = torch.randperm(n, generator=gen)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+def _cycle(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        yield from _batches(n, batch_size, gen)
+
+
+class Searcher:
+    """Optimiser state and the two kinds of step, on one supernet."""
+
+    def __init__(self, supernet: DSONASSupernet, cfg: DSONASConfig):
+        self.net, self.cfg = supernet, cfg
+        self.w_params = supernet.weight_parameters()
+        self.a_params = supernet.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                     weight_decay=cfg.weight_decay)
+        self.a_opt = APGNAG(self.a_params, cfg.arch_lr, cfg.arch_momentum, grad_clip=cfg.grad_clip)
+        self.costs = edge_costs(supernet) if cfg.adaptive_cost == "flops" else None
+        # 0 where an edge was removed for good at a rebuild; it then stays at exactly 0.
+        self.masks = [torch.ones_like(p) for p in self.a_params]
+        self.w_steps = 0
+        self.arch_steps = 0
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.net.train()
+        return F.cross_entropy(self.net(x), y)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One NAG step on W (W split batch); λ is read, never written."""
+        loss = self._loss(x, y)
+        grads = torch.autograd.grad(loss, self.w_params, allow_unused=True)
+        clip = self.cfg.grad_clip
+        for p, g in zip(self.w_params, grads):
+            g = torch.zeros_like(p) if g is None else g
+            p.grad = g.clamp(-clip, clip) if clip > 0 else g
+        self.w_opt.step()
+        for p in self.w_params:
+            p.grad = None
+        self.w_steps += 1
+        return float(loss.detach())
+
+    def gammas(self) -> list[torch.Tensor] | float:
+        """ℓ1 weight per edge. With adaptive cost "flops": γ_e = γ·MACs_e / max MACs over the
+        edges alive now (after the dead-op closure), recomputed at every λ step, so pruning the
+        costliest edges raises the relative pressure on what is left. Otherwise γ for all."""
+        gamma = self.cfg.gamma
+        if self.costs is None:
+            return gamma
+        alive = alive_masks(self.net)
+        top = max(float((c * a).max()) for c, a in zip(self.costs, alive))
+        if top <= 0:
+            top = max(float(c.max()) for c in self.costs)
+        return [gamma * c / top for c in self.costs]
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One APG-NAG step on λ (λ split batch); W is read, never written."""
+        loss = self._loss(x, y)
+        grads = torch.autograd.grad(loss, self.a_params, allow_unused=True)
+        self.a_opt.step(grads, self.gammas(), self.masks)
+        self.arch_steps += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def rebuild(self) -> int:
+        """The paper's periodic rebuild of the pruned supernet, done with masks: dead edges'
+        λ are zeroed and every zero λ stays 0 from now on. Returns the edges zeroed by closure."""
+        n = zero_dead_edges(self.net)
+        self.masks = [(p != 0).to(p.dtype) for p in self.a_params]
+        for v, m in zip(self.a_opt.velocity, self.masks):
+            v.mul_(m)
+        return n
+
+
+def split_epochs(total: int, fraction: float) -> tuple[int, int]:
+    """(pre-train epochs, search epochs) of a budget of ``total``: at least one search epoch, and
+    at least one pre-train epoch when ``fraction`` > 0 and the budget has room for both."""
+    if total <= 0:
+        return 0, 0
+    pre = int(math.floor(fraction * total + 0.5))
+    if fraction > 0 and total >= 2:
+        pre = max(pre, 1)
+    pre = min(pre, total - 1)
+    return pre, total - pre
+
+
+@torch.no_grad()
+def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_images: int = 512) -> None:
+    """Re-estimate every BN's running mean/var from (at most ``max_images`` of) ``x``.
+
+    λ move every step, and with them the scale of what each BN sees (by design: λ sits before
+    conv+BN); the running averages lag behind, so an eval-mode supernet scores far below its
+    train-mode self. Recomputing the statistics (no gradients, parameters untouched) makes the
+    reported accuracy and the inherited BN buffers match the current λ.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) == 0:
+        return
+    momenta = [m.momentum for m in bns]
+    was = net.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        net.train()
+        n = min(len(x), max_images)
+        for i in range(0, n, batch_size):
+            if n - i >= 2:
+                net(x[i:i + batch_size][: n - i])
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        net.train(was)
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    if len(x) == 0:
+        return float("nan")
+    was = net.training
+    net.eval()
+    try:
+        correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+                      for i in range(0, len(x), batch))
+    finally:
+        net.train(was)
+    return correct / len(x)
+
+
+def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
+    """Pre-train, then search, for ``ctx.epochs`` epochs in all; one history row per epoch."""
+    cfg: DSONASConfig = method.config
+    torch.manual_seed(ctx.seed)
+    supernet.seed = ctx.seed
+    data = ctx.data
+    bs = int(ctx.batch_size)
+    gen_w = torch.Generator().manual_seed(ctx.seed)
+    gen_a = torch.Generator().manual_seed(ctx.seed + 1)
+    searcher = Searcher(supernet, cfg)
+    n_pre, n_search = split_epochs(int(ctx.epochs), cfg.pretrain_fraction)
+    total_edges = sum(p.numel() for p in searcher.a_params)
+    a_batches = _cycle(len(data.x_arch), bs, gen_a)
+    search_w_steps = 0  # W steps since the search phase began: every k-th is followed by a λ step
+    ctx.log(f"dsonas: {n_pre} pre-train + {n_search} search epochs, {total_edges} edges, "
+            f"gamma {cfg.gamma:g} ({cfg.adaptive_cost})")
+
+    for epoch in range(n_pre + n_search):
+        phase = "pretrain" if epoch < n_pre else "search"
+        batches = _batches(len(data.x_weights), bs, gen_w)
+        bar = ctx.progress(total=len(batches), desc=f"dsonas {phase} {epoch + 1}/{n_pre + n_search}") \
+            if ctx.progress is not None else None
+        t0 = time.perf_counter()
+        w_losses: list[float] = []
+        a_losses: list[float] = []
+        w0, a0 = searcher.w_steps, searcher.arch_steps
+        try:
+            for idx in batches:
+                w_losses.append(searcher.weight_step(data.x_weights[idx], data.y_weights[idx]))
+                if phase == "search":
+                    search_w_steps += 1
+                if phase == "search" and search_w_steps % cfg.w_steps_per_arch_step == 0:
+                    aidx = next(a_batches)
+                    a_losses.append(searcher.arch_step(data.x_arch[aidx], data.y_arch[aidx]))
+                if bar is not None:
+                    bar.update(1)
+            zeroed = 0
+            if phase == "search" and cfg.prune_every and (epoch + 1 - n_pre) % cfg.prune_every == 0:
+                zeroed = searcher.rebuild()
+            train_seconds = time.perf_counter() - t0
+            recalibrate_bn(supernet, data.x_weights, bs)
+            arch = method.decide(supernet)
+            row: dict[str, Any] = {
+                "epoch": epoch + 1, "phase": phase,
+                "loss": sum(w_losses) / max(len(w_losses), 1),
+                "val_acc": accuracy(supernet, data.x_val, data.y_val),
+                "alive_edges": arch.decisions["alive_edges"], "total_edges": total_edges,
+                "nonzero_lambda": int(sum(int((p != 0).sum()) for p in searcher.a_params)),
+                "w_steps": searcher.w_steps - w0, "arch_steps": searcher.arch_steps - a0,
+                "train_seconds": train_seconds,
+            }
+            if a_losses:
+                row["arch_loss"] = sum(a_losses) / len(a_losses)
+            if zeroed:
+                row["dead_zeroed"] = zeroed
+            if ctx.latency_model is not None:
+                row["predicted_ms"] = float(ctx.latency_model.predict(arch.network))
+            row["seconds"] = seconds = time.perf_counter() - t0  # the whole epoch, evaluation included
+            ctx.history.append(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
+                                edges=f"{row['alive_edges']}/{total_edges}")
+        finally:
+            if bar is not None:
+                bar.close()
+        ctx.log(f"dsonas {phase} epoch {epoch + 1}: loss {row['loss']:.3f} val_acc {row['val_acc']:.3f} "
+                f"edges {row['alive_edges']}/{total_edges} ({seconds:.1f} s)")
+    supernet.eval()
+    return searcher
