@@ -95,6 +95,11 @@ def _comma_list(ctx, param, value):
 @click.option("--retrain-from", type=click.Choice(["inherit", "scratch"]),
               default=DEFAULTS.retrain_from, show_default=True,
               help="Fine-tune the weights inherited from the supernet, or start from scratch.")
+@click.option("--latency-model", type=click.Choice(["flops", "lut", "calibrated"]),
+              default=DEFAULTS.latency_model, show_default=True,
+              help="Estimate that steers search and width: MACs fitted to two measured nets, a "
+                   "per-op lookup table measured on the target (cached), or that table calibrated "
+                   "on sampled subnets measured end to end.")
 @click.option("--max-rounds", type=int, default=DEFAULTS.max_rounds, show_default=True,
               help="Measure-and-shrink rounds before giving up on the budget.")
 @click.option("--min-width", type=float, default=DEFAULTS.min_width, show_default=True,
@@ -205,6 +210,33 @@ def measure_cmd(bundle: Path, target: str | None, threads: int | None, as_json: 
         click.echo(f"{rec['target']}: p50 {rec['p50_ms']:.4f} ms, p90 {rec['p90_ms']:.4f} ms "
                    f"({rec['runs']} runs) vs budget {rec['budget_ms']:.4f} ms: {verdict}")
     sys.exit(0 if rec["within_budget"] else 3)
+
+
+@main.group("lut")
+def lut_group():
+    """Latency lookup tables measured on a target runtime."""
+
+
+@lut_group.command("build")
+@click.option("--space", default="dsonas", show_default=True,
+              help="Search space: a method name (see `nas2deploy methods`).")
+@click.option("--target", default=DEFAULTS.target, show_default=True,
+              help="RUNTIME:DEVICE[:PRECISION] the table is measured on.")
+@click.option("--input-size", type=int, default=DEFAULTS.input_size, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table here (it is always cached).")
+@click.option("--quiet", "-q", is_flag=True)
+@handled
+def lut_build_cmd(space, target, input_size, threads, batch, out, quiet):
+    """Measure every distinct op signature of SPACE on TARGET, at a grid of widths."""
+    from .lut import build_table_cli
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
+    path = build_table_cli(space, target, input_size, out, _progress_factory(quiet),
+                           threads=threads, batch=batch, log=log)
+    click.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

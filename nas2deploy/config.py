@@ -33,6 +33,7 @@ class RunConfig:
     seed: int = 0
     out: str = "nas2deploy-out"
     overwrite: bool = False
+    latency_model: str = "flops"
     max_rounds: int = 6
     min_width: float = 0.25
     parity_samples: int = 64
@@ -53,6 +54,9 @@ class RunConfig:
             raise UsageError(f"--retrain-from must be 'inherit' or 'scratch', not {self.retrain_from!r}")
         if self.threads < 1 or self.batch < 1:
             raise UsageError("--threads and --batch must be >= 1")
+        if self.latency_model not in ("flops", "lut", "calibrated"):
+            raise UsageError(f"--latency-model must be flops, lut or calibrated, not "
+                             f"{self.latency_model!r}")
         if self.max_rounds < 1:
             raise UsageError(f"--max-rounds must be >= 1, not {self.max_rounds}")
         if not 0 < self.min_width <= 1:
@@ -102,7 +106,7 @@ def merge(toml_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-_TYPES = {"method": str, "dataset": str, "target": str, "out": str, "retrain_from": str,
+_TYPES = {"method": str, "latency_model": str, "dataset": str, "target": str, "out": str, "retrain_from": str,
           "input_size": int, "threads": int, "batch": int, "retrain_epochs": int, "seed": int,
           "max_rounds": int, "parity_samples": int, "search_epochs": (int, type(None)),
           "latency_ms": (int, float, type(None)), "latency_fraction": (int, float),

@@ -27,7 +27,7 @@ from .counting import count_macs, count_params
 from .data import Dataset, load_dataset, parse_dataset_spec
 from .errors import UsageError
 from .exporter import ExportContext, verify_parity
-from .latency import FlopsProxy, LatencyModel, LatencyReport, Protocol, measure
+from .latency import LatencyReport, measure
 from .materialize import materialize, scale_width
 from .method import SearchContext, SearchData, SearchMethod, TaskSpec
 from .netspec import GraphNet
@@ -95,11 +95,11 @@ def _split_for_search(ds: Dataset, seed: int) -> SearchData:
     return SearchData(ds.x_train[w], ds.y_train[w], ds.x_train[a], ds.y_train[a], ds.x_val, ds.y_val)
 
 
-def _bisect_width(base: GraphNet, model: LatencyModel, aim_ms: float, lo: float, hi: float = 1.0,
-                  iters: int = 7) -> float:
+def _bisect_width(base: GraphNet, predict: Callable[[dict[str, Any]], float], aim_ms: float,
+                  lo: float, hi: float = 1.0, iters: int = 7) -> float:
     """Largest multiplier in [lo, hi] whose predicted latency is ≤ aim (lo if none is)."""
     def pred(m: float) -> float:
-        return model.predict(scale_width(base, m).spec())
+        return predict(scale_width(base, m).spec())
 
     if pred(hi) <= aim_ms:
         return hi
@@ -157,8 +157,19 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             f"({rep_small.p50_ms:.4f} ms p50 on {target} at width {cfg.min_width:g}); raise the "
             f"budget or lower --min-width")
     example = largest.example_input(1)
-    lat_model = FlopsProxy([(count_macs(largest, example), rep_large.p50_ms),
-                            (count_macs(smallest, example), rep_small.p50_ms)])
+    from .lut import make_latency_model
+
+    lat_model = make_latency_model(
+        cfg.latency_model, method=method, supernet=supernet, target=target,
+        input_size=ds.input_size, anchors=[(count_macs(largest, example), rep_large.p50_ms),
+                                           (count_macs(smallest, example), rep_small.p50_ms)],
+        min_width=cfg.min_width, progress=progress, log=log)
+    # Closed-loop correction of the estimate: measured / predicted of the last measured candidate.
+    correction = 1.0
+
+    def predict(spec: dict[str, Any]) -> float:
+        return correction * lat_model.predict(spec)
+
     log(f"budget {budget:.4f} ms p50 ({budget_source}); largest {rep_large.p50_ms:.4f} ms, "
         f"smallest {rep_small.p50_ms:.4f} ms")
 
@@ -178,14 +189,14 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     # Closed loop on the measured latency.
     t = time.perf_counter()
     rounds: list[dict[str, Any]] = []
-    width = _bisect_width(base, lat_model, AIM * budget, cfg.min_width)
+    width = _bisect_width(base, predict, AIM * budget, cfg.min_width)
     tried: set[float] = set()
     best: tuple[float, GraphNet, LatencyReport] | None = None
     while len(rounds) < cfg.max_rounds:
         width = round(width, 4)
         tried.add(width)
         cand = scale_width(base, width)
-        predicted = lat_model.predict(cand.spec())
+        predicted = predict(cand.spec())
         rep = measure_model(cand, target, shape)
         within = rep.p50_ms <= budget
         rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
@@ -196,10 +207,10 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         log(f"round {len(rounds)}: width x{width:g} predicted {predicted:.4f} ms, measured p50 "
             f"{rep.p50_ms:.4f} ms ({rep.p50_ms / budget:.2f} of budget)")
         if predicted > 0:
-            lat_model.scale *= rep.p50_ms / predicted
+            correction *= rep.p50_ms / predicted
         if within and (best is None or width > best[0]):
             best = (width, cand, rep)
-        nxt = round(_bisect_width(base, lat_model, AIM * budget, cfg.min_width), 4)
+        nxt = round(_bisect_width(base, predict, AIM * budget, cfg.min_width), 4)
         if within:
             if rep.p50_ms >= LOW_WATER * budget or width >= 1.0 or nxt <= width + 1e-3:
                 break
@@ -238,7 +249,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                                       decisions=arch.decisions, width_multiplier=width,
                                       seed=cfg.seed,
                                       metadata={**arch.metadata, "nas2deploy_version": __version__})
-            arch_final.metadata["predicted_ms"] = lat_model.predict(arch_final.network)
+            arch_final.metadata["predicted_ms"] = predict(arch_final.network)
 
             log(f"exporting {', '.join(p.exports)}")
             t = time.perf_counter()
@@ -291,7 +302,8 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 "budget_ms": budget, "budget_source": budget_source,
                 "reference": {"largest_p50_ms": rep_large.p50_ms,
                               "smallest_p50_ms": rep_small.p50_ms, "min_width": cfg.min_width},
-                "latency_model": lat_model.describe(),
+                "latency_model": {**lat_model.describe(), "kind": cfg.latency_model,
+                                  "closed_loop_correction": correction},
                 "predicted_ms": arch_final.metadata["predicted_ms"],
                 "measured": _report_dict(final), "within_budget": within,
                 "ratio_to_budget": final.p50_ms / budget, "rounds": rounds,

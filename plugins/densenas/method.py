@@ -1,0 +1,148 @@
+"""``DenseNAS``: the nas2deploy search-method plugin (entry point ``densenas``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nas2deploy.architecture import Architecture, fingerprint
+from nas2deploy.errors import UsageError
+from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
+
+from .config import DenseNASConfig
+from .derive import Choice, build_spec, cost_choice, viterbi_choice
+from .search import record_to_choice, run_search
+from .space import CostTable, DenseNASSupernet, Layout, macs
+
+
+class DenseNAS(SearchMethod):
+    """DenseNAS: routing blocks of increasing width, densely connected; transition probabilities
+    (β, a softmax over each block's outgoing edges) and op weights (α) are learned under a
+    chained expected-latency term; Viterbi keeps one path and everything off it is removed."""
+
+    name: ClassVar[str] = "densenas"
+    paper: ClassVar[str] = ("Fang et al., \"Densely Connected Search Space for More Flexible Neural "
+                            "Architecture Search\" (DenseNAS, CVPR 2020)")
+    Config: ClassVar[type[DenseNASConfig]] = DenseNASConfig
+    # Sized for the default run (digits 32×32, ~630 + ~630 search images, two CPU cores): 10
+    # warm-up + 20 search epochs of the small space (the paper's 50 + 100 of 150, scaled), about
+    # 3 s of CPU per warm-up epoch and 5.6 s per search epoch on one core.
+    default_search_epochs: ClassVar[int] = 30
+
+    def __init__(self, config: DenseNASConfig | dict[str, Any] | None = None):
+        super().__init__(config)
+        self.config.validate()
+
+    # --- space ---------------------------------------------------------------------------
+
+    def layout(self, task: TaskSpec) -> Layout:
+        for name in ("input_channels", "input_size", "num_classes"):
+            v = getattr(task, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UsageError(f"densenas: task {name} must be a positive integer, not {v!r}")
+        return Layout.from_config(self.config.resolved(), task)
+
+    def build(self, task: TaskSpec) -> DenseNASSupernet:
+        return DenseNASSupernet(self.layout(task), nested_init=self.config.nested_init)
+
+    def space(self, supernet: nn.Module) -> dict[str, Any]:
+        net = self._check(supernet)
+        L = net.layout
+        task = {"input_channels": L.input_channels, "input_size": L.input_size,
+                "num_classes": L.num_classes}
+        defining = {"method": "densenas", **self.config.space_dict(), "task": task}
+        g = L.graph
+        return {"name": "densenas", "fingerprint": fingerprint(defining), "preset": self.config.space,
+                **L.describe(), "task": task, "blocks": L.blocks, "edges": len(g.edges),
+                "paths": g.count_paths(),
+                "choice_points": {"Transition": len(g.sources),
+                                  "OpChoice": len(L.head_row) + L.n_layer_rows},
+                "head_candidates": [c.name for c in L.head_candidates],
+                "stack_candidates": [c.name for c in L.stack_candidates]}
+
+    def _mac_table(self, net: DenseNASSupernet) -> CostTable:
+        return CostTable.build(net.layout, macs, 0.0, self.config.skip_cost_fraction)
+
+    def largest(self, supernet: nn.Module) -> Architecture:
+        """The path of most MACs with the costliest candidate everywhere (no layer skipped)."""
+        net = self._check(supernet)
+        choice = cost_choice(net.layout, self._mac_table(net), largest=True)
+        choice.note = "largest: the costliest path (MACs), costliest candidate everywhere"
+        return self._arch(net, choice)
+
+    def smallest(self, supernet: nn.Module) -> Architecture:
+        """The path of fewest MACs with the cheapest head candidates and every layer skipped."""
+        net = self._check(supernet)
+        choice = cost_choice(net.layout, self._mac_table(net), largest=False)
+        choice.note = "smallest: the cheapest path (MACs), cheapest candidate everywhere"
+        return self._arch(net, choice)
+
+    # --- search and decision -------------------------------------------------------------
+
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
+        run_search(self._check(supernet), self.config, ctx)
+
+    def decide(self, supernet: nn.Module) -> Architecture:
+        """The best recorded epoch's architecture (by supernet validation accuracy), or, before
+        any search, Viterbi + argmax on the current parameters."""
+        net = self._check(supernet)
+        if net.selected:
+            best = net.selected[0]
+            choice = record_to_choice(best)
+            choice.note = f"best supernet validation epoch {best['epoch']} (top-{len(net.selected)} kept)"
+            choice.extra["top"] = [{k: v for k, v in rec.items()} for rec in net.selected]
+        else:
+            with torch.no_grad():
+                choice = viterbi_choice(net.layout, net.transition_probs(), net.alpha_head,
+                                        net.alpha_stack)
+            choice.note = "Viterbi + argmax on the current parameters"
+        return self._arch(net, choice)
+
+    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
+        """Each derived node's weights from the supernet module it was chosen from. BN affine
+        parameters the supernet does not have (affine=False) keep their init; running statistics
+        are copied."""
+        net = self._check(supernet)
+        fp = self.space(net)["fingerprint"]
+        if arch.space.get("fingerprint") != fp:
+            raise UsageError(f"densenas: the architecture comes from another space "
+                             f"(fingerprint {arch.space.get('fingerprint')!r}, supernet {fp!r})")
+        modules = arch.decisions.get("modules", {})
+        out: dict[str, torch.Tensor] = {}
+        for node in arch.network["nodes"]:
+            path = modules.get(node["id"])
+            if path is None:
+                raise UsageError(f"densenas: node {node['id']!r} has no supernet module recorded")
+            mod = net.get_submodule(path)
+            if getattr(mod, "op", None) != node["op"]:
+                raise UsageError(f"densenas: node {node['id']!r} is a {node['op']!r} in the "
+                                 f"architecture but {path} is a {getattr(mod, 'op', '?')!r}")
+            for key, tensor in mod.state_dict().items():
+                out[f"nodes.{node['id']}.{key}"] = tensor.detach().contiguous().clone()
+        return out
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _arch(self, net: DenseNASSupernet, choice: Choice) -> Architecture:
+        spec, modules, blocks = build_spec(net.layout, choice)
+        decisions: dict[str, Any] = {
+            "path": list(choice.path), "path_probability": choice.probability,
+            "blocks": blocks, "modules": modules, "note": choice.note,
+        }
+        if "top" in choice.extra:
+            decisions["top"] = [{"epoch": r["epoch"], "val_acc": r["val_acc"], "path": r["path"],
+                                 "path_probability": r["path_probability"], "blocks": r["blocks"],
+                                 **{k: v for k, v in r.items() if k.startswith("derived_")}}
+                                for r in choice.extra["top"]]
+            decisions["selected_epoch"] = decisions["top"][0]["epoch"]
+        return Architecture(method="densenas", network=spec, space=self.space(net),
+                            decisions=decisions, seed=net.seed)
+
+    @staticmethod
+    def _check(supernet: nn.Module) -> DenseNASSupernet:
+        if not isinstance(supernet, DenseNASSupernet):
+            raise UsageError(f"densenas: expected the supernet DenseNAS.build() returns, not "
+                             f"{type(supernet).__name__}")
+        return supernet

@@ -1,0 +1,328 @@
+"""The DenseNAS search: sampled weight steps, two-op arch steps with the rescale, the chained
+latency term, and the selection of the best validation epochs (METHODS.md §2.2–2.4).
+
+Phases, as fractions of ``ctx.epochs`` (paper: 150 epochs, 50 of warm-up, selection from 120):
+
+* warm-up: weight passes over the weight split only, one candidate per mixed op drawn uniformly;
+* search: per epoch a full *arch* pass over the arch split, then a full *weight* pass over the
+  weight split (candidates now drawn from softmax(α)). Each step touches only its own
+  parameters: weight steps read β and α, arch steps read the weights.
+
+Every epoch the supernet (every candidate, weighted by softmax(α), batch-statistics BN) is
+validated on the held-out split; from ``select_from`` on, the architecture derived at that epoch
+is kept if it is among the ``top_k`` best by that accuracy, and the best one is the decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PAPER_ARCH_LR, PAPER_ARCH_STEPS, PAPER_BATCH, PAPER_LR, DenseNASConfig
+from .derive import Choice, build_spec, choice_cost, expected_cost, viterbi_choice
+from .space import CostTable, DenseNASSupernet, Layout, macs
+
+
+# ------------------------------------------------------------------------------------------
+# sampling and the architecture optimiser
+
+
+def sample_ops(alpha: torch.Tensor, n: int, gen: torch.Generator | None = None,
+               uniform: bool = False) -> torch.Tensor:
+    """``n`` distinct candidates per row (rows × n indices), from softmax(α) or uniformly."""
+    n = min(n, alpha.shape[1])
+    probs = torch.ones_like(alpha) if uniform else torch.softmax(alpha.detach().float(), 1)
+    return torch.multinomial(probs, n, replacement=False, generator=gen)
+
+
+def sample_mask(alpha: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros_like(alpha, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask
+
+
+def renormalised(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax over each row's sampled candidates only (0 elsewhere), differentiable in α."""
+    return torch.softmax(alpha.masked_fill(~mask, float("-inf")), 1)
+
+
+class ArchOptimizer:
+    """Adam on β and α (paper: betas (0.5, 0.999), weight decay 1e-3), then the rescale of the
+    sampled α (the ProxylessNAS trick, METHODS.md §2.2): entries not sampled in this step are put
+    back to their old values, and the sampled ones are shifted together by
+    log(Σ_S exp α_old) − log(Σ_S exp α_new). The pair keeps its total mass, so every unsampled
+    candidate keeps its probability exactly (Adam's momentum and weight decay would otherwise
+    move them too)."""
+
+    def __init__(self, beta: torch.Tensor, alphas: list[torch.Tensor], lr: float, weight_decay: float):
+        self.beta, self.alphas = beta, list(alphas)
+        self.opt = torch.optim.Adam([beta, *self.alphas], lr=lr, betas=(0.5, 0.999),
+                                    weight_decay=weight_decay)
+
+    def step(self, grads: list[torch.Tensor | None], masks: list[torch.Tensor]) -> None:
+        old = [a.detach().clone() for a in self.alphas]
+        for param, g in zip([self.beta, *self.alphas], grads):
+            param.grad = torch.zeros_like(param) if g is None else g.detach()
+        self.opt.step()
+        with torch.no_grad():
+            for a, o, m in zip(self.alphas, old, masks):
+                lse_old = torch.logsumexp(o.masked_fill(~m, float("-inf")), 1, keepdim=True)
+                lse_new = torch.logsumexp(a.masked_fill(~m, float("-inf")), 1, keepdim=True)
+                a.copy_(torch.where(m, a + (lse_old - lse_new), o))
+        for param in [self.beta, *self.alphas]:
+            param.grad = None
+
+
+# ------------------------------------------------------------------------------------------
+# costs
+
+
+def cost_table(layout: Layout, latency_model, skip_fraction: float, log=lambda m: None) -> tuple[CostTable, str]:
+    """Per-candidate costs from the target's latency model by op signature, or (no model, or a
+    model without per-op costs) MACs in millions as a proportional stand-in."""
+    if latency_model is not None:
+        try:
+            table = CostTable.build(layout, latency_model.op_cost, float(latency_model.base_ms),
+                                    skip_fraction)
+            return table, "ms"
+        except NotImplementedError as exc:
+            log(f"densenas: {exc}; using MACs-proportional costs")
+    return CostTable.build(layout, lambda s: macs(s) / 1e6, 0.0, skip_fraction), "mmacs"
+
+
+def latency_penalty(cost: torch.Tensor, cfg: DenseNASConfig, budget: float | None) -> torch.Tensor:
+    """λ·log_τ(C); with ``penalty = "hinge"`` and a budget, λ·log_τ(max(C, budget))."""
+    if cfg.penalty == "hinge" and budget is not None:
+        cost = torch.clamp(cost, min=float(budget))
+    return cfg.latency_lambda * torch.log(cost) / math.log(cfg.latency_tau)
+
+
+# ------------------------------------------------------------------------------------------
+# the loop
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=gen)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()  # a batch of one breaks train-mode BN
+    return out
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def split_epochs(total: int, warmup_fraction: float) -> int:
+    """Warm-up epochs of a budget of ``total``: at least one search epoch when total >= 1."""
+    if total <= 1:
+        return 0
+    return min(int(math.floor(warmup_fraction * total + 0.5)), total - 1)
+
+
+@torch.no_grad()
+def validate(net: DenseNASSupernet, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 of the whole supernet (every candidate, softmax(α)-weighted) with batch-statistics
+    BN, as the paper validates it. BN momentum is set to 0 meanwhile, so running statistics
+    (which the derived net inherits) are not touched by the validation data."""
+    if len(x) == 0:
+        return float("nan")
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    was = net.training
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        net.train()
+        heads, stacks = net.full_selection()
+        p = net.transition_probs()
+        correct = 0
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            if len(xb) < 2:
+                xb = x[max(0, i - 1):i + batch]  # train-mode BN needs two images
+                correct += int((net(xb, heads, stacks, p)[-1:].argmax(1) == y[i:i + batch]).sum())
+                continue
+            correct += int((net(xb, heads, stacks, p).argmax(1) == y[i:i + batch]).sum())
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        net.train(was)
+    return correct / len(x)
+
+
+class Searcher:
+    def __init__(self, net: DenseNASSupernet, cfg: DenseNASConfig, table: CostTable,
+                 budget: float | None, total_w_steps: int, total_a_steps: int, seed: int,
+                 batch_size: int = 64):
+        self.net, self.cfg, self.table, self.budget = net, cfg, table, budget
+        self.layout = net.layout
+        self.w_params = net.weight_parameters()
+        self.lr = cfg.lr if cfg.lr is not None else PAPER_LR * batch_size / PAPER_BATCH
+        self.w_opt = torch.optim.SGD(self.w_params, lr=self.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        self.total_w_steps = max(1, total_w_steps)
+        self.arch_lr = cfg.arch_lr if cfg.arch_lr is not None else auto_arch_lr(total_a_steps)
+        self.a_opt = ArchOptimizer(net.beta, [net.alpha_head, net.alpha_stack], self.arch_lr,
+                                   cfg.arch_weight_decay)
+        self.gen = torch.Generator().manual_seed(seed + 7)
+        self.w_steps = 0
+        self.a_steps = 0
+
+    def _lr(self) -> float:
+        lo = self.lr * self.cfg.lr_min_ratio
+        t = min(self.w_steps / self.total_w_steps, 1.0)
+        return lo + (self.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, uniform: bool) -> float:
+        """One candidate per mixed op (uniform in warm-up, else from softmax(α)), weight 1;
+        every dense edge runs, head sums weighted by the (fixed) transition probabilities."""
+        net = self.net
+        ih = sample_ops(net.alpha_head, 1, self.gen, uniform)
+        is_ = sample_ops(net.alpha_stack, 1, self.gen, uniform)
+        heads = [([int(r[0])], None) for r in ih]
+        stacks = [([int(r[0])], None) for r in is_]
+        with torch.no_grad():
+            p = net.transition_probs()
+        net.train()
+        loss = F.cross_entropy(net(x, heads, stacks, p), y)
+        for g in self.w_opt.param_groups:
+            g["lr"] = self._lr()
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+        self.w_opt.zero_grad(set_to_none=True)
+        self.w_steps += 1
+        return float(loss.detach())
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Two candidates per mixed op from softmax(α), re-softmaxed over the pair; CE on the arch
+        split plus λ·log_τ of the chained expected latency under the same weights; Adam on β and
+        α, then the rescale. Weights are read, never written."""
+        net = self.net
+        mh = sample_mask(net.alpha_head, sample_ops(net.alpha_head, 2, self.gen))
+        ms = sample_mask(net.alpha_stack, sample_ops(net.alpha_stack, 2, self.gen))
+        wh = renormalised(net.alpha_head, mh)
+        ws = renormalised(net.alpha_stack, ms)
+        heads = [(mh[r].nonzero().flatten().tolist(), None) for r in range(mh.shape[0])]
+        heads = [(ops, wh[r, ops]) for r, (ops, _) in enumerate(heads)]
+        stacks = [(ms[r].nonzero().flatten().tolist(), None) for r in range(ms.shape[0])]
+        stacks = [(ops, ws[r, ops]) for r, (ops, _) in enumerate(stacks)]
+        p = net.transition_probs()
+        net.train()
+        ce = F.cross_entropy(net(x, heads, stacks, p), y)
+        cost = expected_cost(self.layout, self.table, p, wh, ws)
+        loss = ce + latency_penalty(cost, self.cfg, self.budget).to(ce.dtype)
+        grads = torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
+        self.a_opt.step(list(grads), [mh, ms])
+        self.a_steps += 1
+        return float(loss.detach()), float(cost.detach())
+
+    @torch.no_grad()
+    def expected_ms(self) -> float:
+        net = self.net
+        return float(expected_cost(self.layout, self.table, net.transition_probs(),
+                                   torch.softmax(net.alpha_head, 1), torch.softmax(net.alpha_stack, 1)))
+
+
+def auto_arch_lr(total_arch_steps: int) -> float:
+    """The paper's 3e-4 scaled by its ≈7,400 arch steps over this run's, in [3e-4, 0.05]."""
+    if total_arch_steps <= 0:
+        return PAPER_ARCH_LR
+    return float(min(0.05, max(PAPER_ARCH_LR, PAPER_ARCH_LR * PAPER_ARCH_STEPS / total_arch_steps)))
+
+
+def choice_record(layout: Layout, choice: Choice, table: CostTable, unit: str) -> dict[str, Any]:
+    _, _, blocks = build_spec(layout, choice)
+    return {"path": list(choice.path), "path_probability": choice.probability,
+            "head_ops": sorted([int(e), int(o)] for e, o in choice.head_ops.items()),
+            "layer_ops": sorted([int(r), int(o)] for r, o in choice.layer_ops.items()),
+            "blocks": blocks, f"derived_{unit}": choice_cost(layout, table, choice)}
+
+
+def record_to_choice(rec: dict[str, Any]) -> Choice:
+    return Choice(list(rec["path"]), {int(e): int(o) for e, o in rec["head_ops"]},
+                  {int(r): int(o) for r, o in rec["layer_ops"]}, rec.get("path_probability"))
+
+
+def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
+    torch.manual_seed(ctx.seed)
+    net.seed = ctx.seed
+    data, layout = ctx.data, net.layout
+    bs = int(ctx.batch_size)
+    table, unit = cost_table(layout, ctx.latency_model, cfg.skip_cost_fraction, ctx.log)
+    budget = ctx.budget_ms if unit == "ms" else None
+    epochs = int(ctx.epochs)
+    n_warm = split_epochs(epochs, cfg.warmup_fraction)
+    select_start = min(epochs - 1, max(n_warm, int(math.floor(cfg.select_from * epochs))))
+    nw = len(_batches(len(data.x_weights), bs, torch.Generator().manual_seed(0)))
+    na = len(_batches(len(data.x_arch), bs, torch.Generator().manual_seed(0)))
+    searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs)
+    gen_w = torch.Generator().manual_seed(ctx.seed)
+    gen_a = torch.Generator().manual_seed(ctx.seed + 1)
+    g = layout.graph
+    ctx.log(f"densenas: {n_warm} warm-up + {epochs - n_warm} search epochs; {len(g.edges)} edges, "
+            f"{g.count_paths()} paths, {len(layout.head_row)} heads, {layout.n_layer_rows} stacked "
+            f"layers; costs in {unit}" + (f", budget {budget:.4f} ms" if budget is not None else "")
+            + f"; lr {searcher.lr:.3g}, arch lr {searcher.arch_lr:.3g}")
+    total = epochs * nw + (epochs - n_warm) * na
+    # Channels-last runs the depthwise convolutions about twice as fast on CPU; the net is put
+    # back to the default layout at the end (the derived net inherits plain tensors).
+    net.to(memory_format=torch.channels_last)
+    bar = ctx.progress(total=total, desc="densenas search") if ctx.progress is not None else None
+    kept: list[dict[str, Any]] = []
+    try:
+        for epoch in range(epochs):
+            phase = "warmup" if epoch < n_warm else "search"
+            t0 = time.perf_counter()
+            a_losses, a_costs = [], []
+            if phase == "search":
+                for idx in _batches(len(data.x_arch), bs, gen_a):
+                    loss, c = searcher.arch_step(_cl(data.x_arch[idx]), data.y_arch[idx])
+                    a_losses.append(loss)
+                    a_costs.append(c)
+                    if bar is not None:
+                        bar.update(1)
+            w_losses = []
+            for idx in _batches(len(data.x_weights), bs, gen_w):
+                w_losses.append(searcher.weight_step(_cl(data.x_weights[idx]), data.y_weights[idx],
+                                                     uniform=phase == "warmup"))
+                if bar is not None:
+                    bar.update(1)
+            val = validate(net, _cl(data.x_val), data.y_val)
+            with torch.no_grad():
+                choice = viterbi_choice(layout, net.transition_probs(), net.alpha_head, net.alpha_stack)
+            rec = choice_record(layout, choice, table, unit)
+            row: dict[str, Any] = {"epoch": epoch + 1, "phase": phase,
+                                   "loss": sum(w_losses) / max(1, len(w_losses)), "val_acc": val}
+            if a_losses:
+                row["arch_loss"] = sum(a_losses) / len(a_losses)
+            row["predicted_ms" if unit == "ms" else "expected_mmacs"] = searcher.expected_ms()
+            row[f"derived_{unit}"] = rec[f"derived_{unit}"]
+            row["path"] = rec["path"]
+            row["path_probability"] = rec["path_probability"]
+            row["seconds"] = time.perf_counter() - t0
+            ctx.history.append(row)
+            if epoch >= select_start:
+                kept.append({"epoch": epoch + 1, "val_acc": val, **rec})
+                kept.sort(key=lambda k: (-k["val_acc"], -k["epoch"]))
+                del kept[cfg.top_k:]
+            if bar is not None:
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{row['loss']:.3f}",
+                                val_acc=f"{val:.3f}")
+            ctx.log(f"densenas {phase} epoch {epoch + 1}/{epochs}: loss {row['loss']:.3f} val_acc "
+                    f"{val:.3f} expected {row.get('predicted_ms', row.get('expected_mmacs')):.4f} "
+                    f"derived {rec[f'derived_{unit}']:.4f} {unit} path {rec['path']} "
+                    f"({row['seconds']:.1f} s)")
+    finally:
+        if bar is not None:
+            bar.close()
+        net.to(memory_format=torch.contiguous_format)
+    net.selected = kept
+    net.eval()
+    return searcher

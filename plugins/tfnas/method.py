@@ -1,0 +1,129 @@
+"""``TFNAS``: the nas2deploy search-method plugin (entry point ``tfnas``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nas2deploy.architecture import Architecture, fingerprint
+from nas2deploy.errors import UsageError
+from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
+
+from .config import OP_NAMES, TFNASConfig
+from .cost import CostTable
+from .derive import decisions, inherited, network_spec, parsed
+from .search import run_search
+from .space import TFNASSupernet
+
+CHEAPEST = OP_NAMES.index("k3_e3")
+COSTLIEST = OP_NAMES.index("k5_e6_se")
+
+
+class TFNAS(SearchMethod):
+    """TF-NAS: op (α), depth (sink-connected β) and width (elastic, masked mid channels) are
+    searched under a latency target; elasticity scaling lands the parsed latency just under T."""
+
+    name: ClassVar[str] = "tfnas"
+    paper: ClassVar[str] = ("Hu et al., \"TF-NAS: Rethinking Three Search Freedoms of "
+                            "Latency-Constrained Differentiable Neural Architecture Search\" (ECCV 2020)")
+    Config: ClassVar[type[TFNASConfig]] = TFNASConfig
+    # The whole default budget (warm-up + search), sized so the default space searches the
+    # project's default data (digits) in about two minutes on two CPU cores.
+    default_search_epochs: ClassVar[int] = 16
+
+    def __init__(self, config: TFNASConfig | dict[str, Any] | None = None):
+        super().__init__(config)
+        self.config.validate()
+
+    # --- space -----------------------------------------------------------------------------------
+
+    def build(self, task: TaskSpec) -> TFNASSupernet:
+        for name in ("input_channels", "input_size", "num_classes"):
+            v = getattr(task, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UsageError(f"tfnas: task {name} must be a positive integer, not {v!r}")
+        return TFNASSupernet(self.config, task)
+
+    def space(self, supernet: nn.Module) -> dict[str, Any]:
+        net = self._check(supernet)
+        task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
+                "num_classes": net.task.num_classes}
+        defining = {"method": "tfnas", **net.cfg.space_dict(), "task": task}
+        n_blocks = len(net.layout.blocks)
+        return {"name": "tfnas", "fingerprint": fingerprint(defining), **net.cfg.space_dict(),
+                "task": task, "blocks": n_blocks,
+                "choice_points": {"OpChoice": n_blocks, "DepthSink": len(net.layout.stages),
+                                  "Width": n_blocks}}
+
+    def largest(self, supernet: nn.Module) -> Architecture:
+        """Every stage at full depth, the costliest op (k5, e6, SE) everywhere, at its max width."""
+        net = self._check(supernet)
+        n = len(net.layout.blocks)
+        ops = [COSTLIEST] * n
+        mids = [b.mid_range(COSTLIEST)[2] for b in net.layout.blocks]
+        depths = [len(st) for st in net.layout.stages]
+        return self._arch(net, ops, depths, mids, note="largest: full depth, k5_e6_se at max width")
+
+    def smallest(self, supernet: nn.Module) -> Architecture:
+        """One block per stage, the cheapest op (k3, e3, no SE), at its min width."""
+        net = self._check(supernet)
+        n = len(net.layout.blocks)
+        ops = [CHEAPEST] * n
+        mids = [b.mid_range(CHEAPEST)[0] for b in net.layout.blocks]
+        depths = [1] * len(net.layout.stages)
+        return self._arch(net, ops, depths, mids, note="smallest: depth 1, k3_e3 at min width")
+
+    # --- search and decision ---------------------------------------------------------------------
+
+    def cost_table(self, supernet: nn.Module, latency_model=None) -> CostTable:
+        """Per-op latency costs of this supernet's layout under ``latency_model``."""
+        net = self._check(supernet)
+        return CostTable(net.layout, latency_model,
+                         calibrate=lambda: (self.largest(net).network, self.smallest(net).network))
+
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
+        run_search(self, self._check(supernet), ctx)
+
+    def decide(self, supernet: nn.Module) -> Architecture:
+        net = self._check(supernet)
+        ops, depths, mids = parsed(net)
+        arch = self._arch(net, ops, depths, mids)
+        table = getattr(net, "cost_table", None)
+        if table is not None:
+            arch.metadata["predicted_ms"] = table.parsed(ops, depths, mids)
+            arch.decisions["predicted_ms"] = arch.metadata["predicted_ms"]
+            arch.decisions["cost_source"] = table.source
+        if getattr(net, "target_ms", None):
+            arch.decisions["target_ms"] = net.target_ms
+        return arch
+
+    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
+        net = self._check(supernet)
+        fp = self.space(net)["fingerprint"]
+        if arch.space.get("fingerprint") != fp:
+            raise UsageError(f"tfnas: the architecture comes from another space "
+                             f"(fingerprint {arch.space.get('fingerprint')!r}, supernet {fp!r})")
+        ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
+        try:
+            return inherited(net, arch.network, ops)
+        except ValueError as exc:
+            raise UsageError(f"tfnas: {exc}") from exc
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _arch(self, net: TFNASSupernet, ops, depths, mids, note: str | None = None) -> Architecture:
+        spec = network_spec(net.layout, ops, depths, mids)
+        dec = decisions(net, ops, depths, mids)
+        if note:
+            dec["note"] = note
+        return Architecture(method="tfnas", network=spec, space=self.space(net), decisions=dec,
+                            seed=net.seed)
+
+    @staticmethod
+    def _check(supernet: nn.Module) -> TFNASSupernet:
+        if not isinstance(supernet, TFNASSupernet):
+            raise UsageError(f"tfnas: expected the supernet TFNAS.build() returns, not "
+                             f"{type(supernet).__name__}")
+        return supernet

@@ -1,0 +1,327 @@
+"""The TF-NAS search loop (METHODS.md §3.2–3.4).
+
+* **Weight step (bi-sampling)** on a batch of the weight split: per block the *Gumbel path* takes
+  argmax(α + g) (g standard Gumbel noise) and the *random path* an op drawn uniformly from the
+  *other seven*; both paths are run forward on the same batch with the depth mixture softmax(β)
+  frozen, CE₁ + CE₂ is backpropagated once, and one SGD step is taken. During warm-up only the
+  Gumbel path runs. Weights of masked channels are restored after the step (and their momentum
+  zeroed), so they are kept, untrained, for when they come back.
+* **Arch step** after every ``w_steps_per_arch_step`` weight steps, on a batch of the arch split:
+  every block runs all 8 ops mixed with soft Gumbel weights softmax((α + g)/τ), the stages'
+  outputs are the sink-weighted sums, and the loss is CE + λ·|LAT/T − 1| with LAT the expected
+  latency under the same weights (``CostTable.expected``). Adam on α and β; α is renormalised to
+  log-probabilities (log-softmax) after every step.
+* **After every post-warm-up epoch**: the temperature decays geometrically and elasticity
+  scaling sets the parsed ops' widths so the parsed latency lands just under T.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .config import TFNASConfig
+from .cost import CostTable
+from .elastic import elastic_scale
+from .space import TFNASSupernet
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+def gumbel_like(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    u = torch.rand(x.shape, generator=gen).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_argmax(alpha: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """The Gumbel path: per row, argmax of a Gumbel sample of α (the temperature does not change
+    the argmax). Rows are drawn with probabilities softmax(α)."""
+    return (alpha.detach() + gumbel_like(alpha, gen)).argmax(-1)
+
+
+def random_other(chosen: torch.Tensor, n_ops: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """The random path: per row an op drawn uniformly from the n_ops − 1 ops other than ``chosen``."""
+    r = torch.randint(0, n_ops - 1, chosen.shape, generator=gen)
+    return r + (r >= chosen).long()
+
+
+def soft_gumbel(alpha: torch.Tensor, tau: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Soft Gumbel weights softmax((α + g)/τ) per row (differentiable in α)."""
+    return torch.softmax((alpha + gumbel_like(alpha, gen)) / tau, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# schedule
+
+
+def split_epochs(total: int, fraction: float) -> tuple[int, int]:
+    """(warm-up epochs, search epochs): at least one search epoch, and at least one warm-up
+    epoch when ``fraction`` > 0 and the budget has room for both."""
+    if total <= 0:
+        return 0, 0
+    warm = int(math.floor(fraction * total + 0.5))
+    if fraction > 0 and total >= 2:
+        warm = max(warm, 1)
+    warm = min(warm, total - 1)
+    return warm, total - warm
+
+
+def temperature(cfg: TFNASConfig, search_epoch: int, n_search: int) -> float:
+    """τ of post-warm-up epoch ``search_epoch`` (0-based): tau_start → tau_end geometrically."""
+    if n_search <= 1 or search_epoch <= 0:
+        return cfg.tau_start
+    decay = (cfg.tau_end / cfg.tau_start) ** (1.0 / (n_search - 1))
+    return cfg.tau_start * decay ** min(search_epoch, n_search - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# elasticity scaling on the supernet
+
+
+def parsed_width_problem(net: TFNASSupernet, table: CostTable):
+    """(blocks, ops, depths, mids, lo, hi, stage_of, latency_fn) of the parsed architecture."""
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    blocks = table.active_blocks(depths)
+    all_blocks = net.blocks()
+    mods = [all_blocks[j].ops[ops[j]] for j in blocks]
+    mids = [m.mid for m in mods]
+    lo = [m.mid_min for m in mods]
+    hi = [m.mid_max for m in mods]
+    stage_of = [table.stage_of[j] for j in blocks]
+
+    def latency(ms) -> float:
+        return table.fixed_ms + sum(table.cost(j, ops[j], m) for j, m in zip(blocks, ms))
+
+    return blocks, ops, depths, mids, lo, hi, stage_of, latency
+
+
+def apply_widths(net: TFNASSupernet, blocks: list[int], ops: list[int], mids: list[int]) -> None:
+    """Set the parsed ops' widths; their active channels become the top-k depthwise L1 filters."""
+    all_blocks = net.blocks()
+    for j, m in zip(blocks, mids):
+        all_blocks[j].ops[ops[j]].set_width(m)
+
+
+def elastic_step(net: TFNASSupernet, table: CostTable, target: float,
+                 refine: bool = True) -> dict[str, Any]:
+    blocks, ops, depths, mids, lo, hi, stage_of, latency = parsed_width_problem(net, table)
+    new, trace = elastic_scale(mids, lo, hi, stage_of, latency, target, fill=refine)
+    apply_widths(net, blocks, ops, new)
+    return {"latency": latency(new), "before": trace[0]["latency"], "trace": trace}
+
+
+# --------------------------------------------------------------------------------------------
+# the steps
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN)."""
+    order = torch.randperm(n, generator=gen)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+def _cycle(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        yield from _batches(n, batch_size, gen)
+
+
+class Searcher:
+    """Optimisers and the two kinds of step on one supernet."""
+
+    def __init__(self, net: TFNASSupernet, cfg: TFNASConfig, table: CostTable | None,
+                 target_ms: float | None, total_w_steps: int, seed: int):
+        self.net, self.cfg, self.table, self.target = net, cfg, table, target_ms
+        self.w_params = net.weight_parameters()
+        self.a_params = net.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.lr, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        steps = max(total_w_steps, 1)
+        self.w_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.w_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        self.a_opt = torch.optim.Adam(self.a_params, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
+                                      weight_decay=cfg.arch_weight_decay)
+        self.gen = torch.Generator().manual_seed(seed + 2)
+        self.w_steps = 0
+        self.arch_steps = 0
+
+    def _restore_masked(self, snapshots) -> None:
+        with torch.no_grad():
+            for t, dim, idx, vals in snapshots:
+                t.index_copy_(dim, idx, vals)
+                buf = self.w_opt.state.get(t, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf.index_fill_(dim, idx, 0.0)
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor, bisample: bool) -> float:
+        net = self.net
+        net.train()
+        depth = [torch.softmax(b.detach(), 0) for b in net.betas]
+        g_ops = gumbel_argmax(net.alpha, self.gen)
+        paths = [g_ops]
+        if bisample:
+            paths.append(random_other(g_ops, net.alpha.shape[1], self.gen))
+        loss = sum(F.cross_entropy(net(x, ops=[int(o) for o in p], depth_probs=depth), y)
+                   for p in paths)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # masked channels of the ops that ran: keep their stored values through the step
+        snapshots = []
+        blocks = net.blocks()
+        for p in paths:
+            for j, o in enumerate(p.tolist()):
+                op = blocks[j].ops[o]
+                if op.mid < op.mid_max:
+                    idx = op.inactive()
+                    snapshots += [(t, d, idx, t.detach().index_select(d, idx).clone())
+                                  for t, d in op.mid_tensors()]
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.w_params if p.grad is not None],
+                                           self.cfg.grad_clip)
+        self.w_opt.step()
+        self.w_sched.step()
+        self._restore_masked(snapshots)
+        self.w_opt.zero_grad(set_to_none=True)
+        self.w_steps += 1
+        return float(loss.detach()) / len(paths)
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, tau: float,
+                  costs: torch.Tensor | None) -> dict[str, float]:
+        net = self.net
+        net.train()
+        w = soft_gumbel(net.alpha, tau, self.gen)
+        depth = [torch.softmax(b, 0) for b in net.betas]
+        ce = F.cross_entropy(net(x, weights=w, depth_probs=depth), y)
+        loss = ce
+        out = {"ce": float(ce.detach())}
+        if self.table is not None and self.target and costs is not None and self.cfg.lam > 0:
+            lat = self.table.expected(w, depth, costs)
+            loss = loss + self.cfg.lam * torch.abs(lat / self.target - 1.0)
+            out["expected_ms"] = float(lat.detach())
+        grads = torch.autograd.grad(loss, self.a_params, allow_unused=True)
+        for p, g in zip(self.a_params, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        if self.cfg.arch_grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.a_params, self.cfg.arch_grad_clip)
+        self.a_opt.step()
+        self.a_opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # α back to log-probabilities
+            net.alpha.copy_(torch.log_softmax(net.alpha, -1))
+        self.arch_steps += 1
+        out["loss"] = float(loss.detach())
+        return out
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 of the parsed architecture with the supernet's weights, BN on batch statistics.
+
+    A shared op's running statistics mix the inputs of every path that ran through it, so they
+    do not describe the parsed path (the usual one-shot caveat); batch statistics do. Running
+    statistics are left untouched (momentum 0 for the duration).
+    """
+    if len(x) == 0:
+        return float("nan")
+    was = net.training
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    net.train()
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+                      for i in range(0, len(x), batch))
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            m.num_batches_tracked.copy_(nbt)
+        net.train(was)
+    return correct / len(x)
+
+
+def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
+    """Warm-up, then search, for ``ctx.epochs`` epochs in all; one history row per epoch."""
+    cfg: TFNASConfig = method.config
+    torch.manual_seed(ctx.seed)
+    net.seed = ctx.seed
+    data = ctx.data
+    bs = int(ctx.batch_size)
+    gen_w = torch.Generator().manual_seed(ctx.seed)
+    gen_a = torch.Generator().manual_seed(ctx.seed + 1)
+    n_warm, n_search = split_epochs(int(ctx.epochs), cfg.warmup_fraction)
+    table = method.cost_table(net, ctx.latency_model)
+    target = cfg.target_fraction * float(ctx.budget_ms) if ctx.budget_ms else None
+    net.cost_table, net.target_ms = table, target
+    n_batches = len(_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
+    searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
+    a_batches = _cycle(len(data.x_arch), bs, gen_a)
+    ctx.log(f"tfnas: {n_warm} warm-up + {n_search} search epochs, {len(net.layout.blocks)} blocks "
+            f"x {net.alpha.shape[1]} ops, target T = {target if target is None else round(target, 4)} "
+            f"({cfg.target_fraction:g} x budget; costs: {table.source})")
+    bar = (ctx.progress(total=n_batches * (n_warm + n_search), desc="tfnas search")
+           if ctx.progress is not None else None)
+    try:
+        for epoch in range(n_warm + n_search):
+            warm = epoch < n_warm
+            phase = "warmup" if warm else "search"
+            s_epoch = epoch - n_warm
+            tau = temperature(cfg, s_epoch, n_search) if not warm else cfg.tau_start
+            t0 = time.perf_counter()
+            costs = table.op_cost_matrix(net.mids()) if (not warm and target) else None
+            w_losses: list[float] = []
+            a_rows: list[dict[str, float]] = []
+            for i, idx in enumerate(_batches(len(data.x_weights), bs, gen_w)):
+                w_losses.append(searcher.weight_step(data.x_weights[idx], data.y_weights[idx],
+                                                     bisample=not warm))
+                if not warm and (i + 1) % cfg.w_steps_per_arch_step == 0:
+                    aidx = next(a_batches)
+                    a_rows.append(searcher.arch_step(data.x_arch[aidx], data.y_arch[aidx], tau, costs))
+                if bar is not None:
+                    bar.update(1)
+            scaled = None
+            if not warm and target and cfg.elastic:
+                scaled = elastic_step(net, table, target, cfg.elastic_refine)
+            ops, depths = net.parsed_ops(), net.parsed_depths()
+            blocks = table.active_blocks(depths)
+            all_mids = net.mids()
+            predicted = table.parsed(ops, depths, [all_mids[j][ops[j]] for j in range(len(ops))])
+            row: dict[str, Any] = {
+                "epoch": epoch + 1, "phase": phase,
+                "loss": sum(w_losses) / max(len(w_losses), 1),
+                "val_acc": accuracy(net, data.x_val, data.y_val),
+                "predicted_ms": predicted, "temperature": tau,
+                "depths": depths, "blocks": len(blocks),
+                "mids": [all_mids[j][ops[j]] for j in blocks],
+                "w_steps": len(w_losses), "arch_steps": len(a_rows),
+                "seconds": time.perf_counter() - t0,
+            }
+            if target:
+                row["target_ms"] = target
+            if a_rows:
+                row["arch_loss"] = sum(r["loss"] for r in a_rows) / len(a_rows)
+                if "expected_ms" in a_rows[0]:
+                    row["expected_ms"] = sum(r["expected_ms"] for r in a_rows) / len(a_rows)
+            if scaled is not None:
+                row["predicted_before_scaling_ms"] = scaled["before"]
+            ctx.history.append(row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
+                                ms=f"{predicted:.3f}")
+            ctx.log(f"tfnas {phase} epoch {epoch + 1}: loss {row['loss']:.3f} val_acc "
+                    f"{row['val_acc']:.3f} predicted {predicted:.4f} ms"
+                    + (f" (T {target:.4f})" if target else "") + f" tau {tau:.2f} depths {depths} "
+                    f"({row['seconds']:.1f} s)" + (f" E[LAT] {row['expected_ms']:.4f}" if "expected_ms" in row else ""))
+    finally:
+        if bar is not None:
+            bar.close()
+    ctx.log(f"tfnas: {searcher.w_steps} weight steps, {searcher.arch_steps} arch steps; "
+            f"{len(table._cache)} op signatures costed")
+    net.eval()
+    return searcher

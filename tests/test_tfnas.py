@@ -1,0 +1,458 @@
+"""TF-NAS: what the paper claims, on tiny spaces (METHODS.md §6 TF-NAS), plus the plugin contract."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+from scipy.stats import chisquare
+from torch import nn
+
+from nas2deploy import ops as ops_module
+from nas2deploy.errors import UsageError
+from nas2deploy.latency import LatencyModel
+from nas2deploy.materialize import materialize
+from nas2deploy.method import SearchContext, SearchData, TaskSpec
+from nas2deploy.netspec import signatures
+from nas2deploy_plugins.tfnas import OP_NAMES, TFNAS, TFNASConfig
+from nas2deploy_plugins.tfnas.cost import CostTable
+from nas2deploy_plugins.tfnas.elastic import elastic_scale
+from nas2deploy_plugins.tfnas.search import (Searcher, elastic_step, gumbel_argmax, random_other,
+                                             run_search, soft_gumbel, split_epochs, temperature)
+from nas2deploy_plugins.tfnas.space import ElasticMBConv, make_layout
+
+TINY = {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2,
+        "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]],
+        "tail_channels": 32}
+TINY_TASK = TaskSpec(1, 16, 4)
+
+
+class SynthLUT(LatencyModel):
+    """A monotone synthetic table: cost ∝ mid·H·W·k² (METHODS.md §6), plus a constant."""
+
+    name = "synthetic"
+
+    def op_cost(self, sig) -> float:
+        return 1e-5 * max(sig.mid, 1) * sig.h * sig.w * max(sig.kernel, 1) ** 2
+
+    @property
+    def base_ms(self) -> float:
+        return 0.05
+
+    def predict(self, spec) -> float:
+        return self.base_ms + sum(self.op_cost(s) for s in signatures(spec).values())
+
+
+def block_nodes(spec):
+    return [n for n in spec["nodes"] if re.fullmatch(r"s\d+_b\d+", n["id"])]
+
+
+def tiny(**over):
+    method = TFNAS({**TINY, **over})
+    torch.manual_seed(0)
+    return method, method.build(TINY_TASK)
+
+
+# --------------------------------------------------------------------------------------------
+# config and space
+
+
+def test_config_defaults_and_bad_values():
+    cfg = TFNASConfig.from_dict({})
+    assert cfg.lam > 0 and 0 < cfg.target_fraction <= 1 and cfg.tau_end <= cfg.tau_start
+    assert isinstance(TFNAS.default_search_epochs, int) and TFNAS.default_search_epochs >= 2
+    assert "Hu et al." in TFNAS.paper and "ECCV 2020" in TFNAS.paper
+    bad = [{"lam": -1}, {"target_fraction": 0}, {"target_fraction": 1.5}, {"stages": []},
+           {"stages": [[0, 16, 2, "relu"]]}, {"stages": [[1, 16, 3, "relu"]]},
+           {"stages": [[1, 16, 2, "swish"]]}, {"stages": [[1, 16]]}, {"tau_end": 9.0},
+           {"warmup_fraction": 1.0}, {"w_steps_per_arch_step": 0}, {"elastic": "yes"},
+           {"arch_betas": [0.5]}, {"lr": 0}, {"momentum": 1.0}, {"stem_stride": 3},
+           {"preset": "cifar"}, {"no_such_option": 1}, {"stem_channels": 2.5}]
+    for values in bad:
+        with pytest.raises(UsageError):
+            TFNAS(values)
+    dict_stage = TFNASConfig.from_dict({"stages": [{"blocks": 2, "channels": 8, "stride": 2,
+                                                    "act": "relu"}]})
+    assert dict_stage.stages == [[2, 8, 2, "relu"]]
+    assert TFNASConfig(preset="imagenet").tail_channels == 1280
+    over = TFNASConfig.from_dict({"preset": "imagenet", "tail_channels": 256})
+    assert over.tail_channels == 256 and over.stem_channels == 32
+    assert TFNASConfig.from_dict(over.to_dict()) == over
+
+
+def test_imagenet_configuration_builds():
+    method = TFNAS(TFNASConfig.imagenet())
+    net = method.build(TaskSpec(3, 224, 1000))
+    layout = net.layout
+    assert [(len(st), st[0].c_out, st[0].stride, st[0].act) for st in layout.stages] == [
+        (2, 24, 2, "relu"), (3, 40, 2, "hswish"), (4, 80, 2, "hswish"), (4, 112, 1, "hswish"),
+        (4, 192, 2, "hswish"), (1, 320, 1, "hswish")]
+    assert len(layout.blocks) == 18 and net.alpha.shape == (18, 8)
+    assert layout.fixed_nodes[0]["c_out"] == 32 and layout.fixed_nodes[1]["c_out"] == 16
+    assert layout.fixed_nodes[1]["se"] == 8 and layout.tail_nodes[0]["c_out"] == 1280
+    b = layout.blocks[0]  # 16 -> 24: e3 mid in [32, 64] from 48, e6 in [64, 128] from 96
+    assert b.mid_range(OP_NAMES.index("k3_e3")) == (32, 48, 64)
+    assert b.mid_range(OP_NAMES.index("k5_e6_se")) == (64, 96, 128)
+    assert b.se_channels(OP_NAMES.index("k3_e3_se")) == 16
+    assert b.se_channels(OP_NAMES.index("k3_e6_se")) == 32
+    assert b.se_channels(OP_NAMES.index("k5_e6")) == 0
+    space = method.space(net)
+    assert space["fingerprint"] and space["choice_points"] == {"OpChoice": 18, "DepthSink": 6, "Width": 18}
+    small = method.smallest(net)
+    sub = materialize(small)
+    assert sub(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    large = method.largest(net)
+    assert sum(n["op"] == "mbconv" for n in large.network["nodes"]) == 19  # 18 + the stem block
+
+
+def test_space_has_no_skip_op_and_largest_smallest():
+    method, net = tiny()
+    assert len(OP_NAMES) == 8 and not any("skip" in o or "id" in o for o in OP_NAMES)
+    for blk in net.blocks():
+        assert len(blk.ops) == 8 and all(isinstance(o, ElasticMBConv) for o in blk.ops)
+    large, small = method.largest(net), method.smallest(net)
+    lb, sb = block_nodes(large.network), block_nodes(small.network)
+    assert len(lb) == 5 and len(sb) == 3
+    assert all(n["k"] == 5 and n["se"] > 0 and n["mid"] == 8 * n["c_in"] for n in lb)
+    assert all(n["k"] == 3 and n["se"] == 0 and n["mid"] == 2 * n["c_in"] for n in sb)
+    lut = SynthLUT()
+    assert lut.predict(small.network) < lut.predict(large.network)
+
+
+# --------------------------------------------------------------------------------------------
+# elasticity scaling
+
+
+def _random_problem(layout, rng, cost):
+    ops = [rng.randrange(8) for _ in layout.blocks]
+    depths = [rng.randint(1, len(st)) for st in layout.stages]
+    blocks, i = [], 0
+    for st, d in zip(layout.stages, depths):
+        blocks += list(range(i, i + d))
+        i += len(st)
+    ranges = [layout.blocks[j].mid_range(ops[j]) for j in blocks]
+    lo, hi = [r[0] for r in ranges], [r[2] for r in ranges]
+    mids = [rng.randint(a, b) for a, b in zip(lo, hi)]
+    stage_of = [layout.blocks[j].stage for j in blocks]
+
+    def latency(ms):
+        return 0.05 + sum(cost(layout.blocks[j].signature(ops[j], m)) for j, m in zip(blocks, ms))
+
+    return mids, lo, hi, stage_of, latency
+
+
+@pytest.mark.parametrize("space,task,refine", [
+    ({}, TaskSpec(1, 32, 10), True),  # the default (small) space
+    ({"preset": "imagenet"}, TaskSpec(3, 224, 1000), True),
+    ({"preset": "imagenet"}, TaskSpec(3, 224, 1000), False),  # the paper's rule alone
+])
+def test_elastic_scaling_lands_just_under_target(space, task, refine):
+    layout = make_layout(TFNASConfig.from_dict(space), task)
+    cost = SynthLUT().op_cost
+    rng = random.Random(0)
+    for _ in range(300):
+        mids, lo, hi, stage_of, latency = _random_problem(layout, rng, cost)
+        t_lo, t_hi = latency(lo), latency(hi)
+        target = rng.uniform(t_lo, t_hi)
+        new, trace = elastic_scale(mids, lo, hi, stage_of, latency, target, fill=refine)
+        lat = latency(new)
+        assert lat <= target and lat >= 0.995 * target, (lat / target, trace)
+        assert all(a <= m <= b for a, m, b in zip(lo, new, hi))
+        # the passes after the first (suffix expansions, fill, trade) never move away from T
+        dist = [abs(t["latency"] - target) for t in trace[1:]]
+        assert all(b <= a + 1e-12 for a, b in zip(dist, dist[1:])), trace
+        # outside the reachable range: pinned to the bounds
+        assert elastic_scale(mids, lo, hi, stage_of, latency, 0.5 * t_lo)[0] == lo
+        assert elastic_scale(mids, lo, hi, stage_of, latency, 2.0 * t_hi)[0] == hi
+
+
+def test_elastic_step_on_the_supernet_sets_top_k_widths():
+    method, net = tiny()
+    table = method.cost_table(net, SynthLUT())
+    with torch.no_grad():
+        net.alpha.copy_(torch.log_softmax(torch.randn(net.alpha.shape), 1))
+        for b in net.betas:
+            b.copy_(torch.randn(len(b)))
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    blocks = table.active_blocks(depths)
+    lo = table.parsed(ops, depths, [net.blocks()[j].ops[ops[j]].mid_min for j in range(len(ops))])
+    hi = table.parsed(ops, depths, [net.blocks()[j].ops[ops[j]].mid_max for j in range(len(ops))])
+    target = 0.5 * (lo + hi)
+    out = elastic_step(net, table, target)
+    mids = [net.blocks()[j].ops[ops[j]].mid for j in range(len(ops))]
+    assert out["latency"] == pytest.approx(table.parsed(ops, depths, mids))
+    assert 0.98 * target <= out["latency"] <= target
+    for j in blocks:
+        op = net.blocks()[j].ops[ops[j]]
+        top = set(torch.topk(op.importance(), op.mid).indices.tolist())
+        assert set(op.active.tolist()) == top
+
+
+# --------------------------------------------------------------------------------------------
+# bi-sampling
+
+
+def test_random_path_excludes_the_gumbel_op_and_is_uniform():
+    gen = torch.Generator().manual_seed(0)
+    alpha = torch.log_softmax(torch.randn(4, 8, generator=gen) * 2, 1)
+    draws = 10_000
+    g = gumbel_argmax(alpha.expand(draws, 4, 8), gen)  # draws × blocks
+    r = random_other(g, 8, gen)
+    assert not bool((r == g).any())
+    for b in range(4):
+        rank = r[:, b] - (r[:, b] > g[:, b]).long()  # position among the 7 other ops
+        counts = torch.bincount(rank, minlength=7).tolist()
+        assert len(counts) == 7 and chisquare(counts).pvalue > 0.01
+        for chosen in range(8):  # also uniform over the others given the Gumbel op
+            sel = r[:, b][g[:, b] == chosen]
+            if len(sel) > 700:
+                c = torch.bincount(sel, minlength=8).tolist()
+                others = [c[o] for o in range(8) if o != chosen]
+                assert c[chosen] == 0 and chisquare(others).pvalue > 0.01
+
+
+def test_gumbel_argmax_frequencies_match_softmax_alpha():
+    gen = torch.Generator().manual_seed(1)
+    alpha = torch.log_softmax(torch.randn(3, 8, generator=gen) * 1.5, 1)
+    draws = 10_000
+    g = gumbel_argmax(alpha.expand(draws, 3, 8), gen)
+    for b in range(3):
+        freq = torch.bincount(g[:, b], minlength=8).double() / draws
+        tv = 0.5 * float((freq - torch.softmax(alpha[b].double(), 0)).abs().sum())
+        assert tv < 0.02, tv
+    w = soft_gumbel(alpha, 1.0, gen)
+    assert torch.allclose(w.sum(1), torch.ones(3)) and bool((w > 0).all())
+
+
+def test_schedule():
+    assert split_epochs(16, 0.25) == (4, 12) and split_epochs(2, 0.25) == (1, 1)
+    assert split_epochs(1, 0.25) == (0, 1)
+    cfg = TFNASConfig()
+    taus = [temperature(cfg, e, 10) for e in range(10)]
+    assert taus[0] == cfg.tau_start and taus[-1] == pytest.approx(cfg.tau_end)
+    assert all(b < a for a, b in zip(taus, taus[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# sink-connecting depth
+
+
+def test_one_hot_beta_truncates_the_stage():
+    method, net = tiny()
+    net.eval()
+    table = method.cost_table(net, SynthLUT())
+    x = torch.randn(2, 8, 8, 8)
+    stage = net.stages[0]
+    ops = [3, 6, 0, 1, 2]
+    with torch.no_grad():
+        for d in (1, 2):
+            p = torch.zeros(2)
+            p[d - 1] = 1.0
+            h = x
+            for k in range(d):
+                h = stage[k](h, op=ops[k])
+            assert torch.equal(net.stage_forward(stage, x, p, 0, ops, None), h)
+    # the expected latency with one-hot β is the cumulative sum up to d (any op weights)
+    weights = torch.softmax(torch.randn(len(net.layout.blocks), 8), 1)
+    costs = table.op_cost_matrix(net.mids())
+    per_block = (weights * costs).sum(1)
+    for depths in ([1, 1, 1], [2, 1, 1], [2, 2, 1], [1, 2, 1]):
+        lat = table.expected(weights, net.one_hot_depths(depths), costs)
+        want = table.fixed_ms + sum(float(per_block[j]) for j in table.active_blocks(depths))
+        assert float(lat) == pytest.approx(want, rel=1e-6)
+        with torch.no_grad():
+            for b, d in zip(net.betas, depths):
+                b.zero_()
+                b[d - 1] = 5.0
+        arch = method.decide(net)
+        kept = [n["id"] for n in block_nodes(arch.network)]
+        assert kept == [f"s{s + 1}_b{k + 1}" for s, d in enumerate(depths) for k in range(d)]
+
+
+# --------------------------------------------------------------------------------------------
+# the two-sided latency objective
+
+
+@pytest.mark.parametrize("side", [0.8, 1.25])
+def test_two_sided_penalty_moves_latency_towards_target(side):
+    method, net = tiny()
+    table = method.cost_table(net, SynthLUT())
+    costs = table.op_cost_matrix(net.mids())
+    alpha = torch.log_softmax(torch.randn(net.alpha.shape), 1).requires_grad_(True)
+    betas = [torch.zeros(len(b), requires_grad=True) for b in net.betas]
+
+    def lat():
+        return table.expected(torch.softmax(alpha, 1), [torch.softmax(b, 0) for b in betas], costs)
+
+    start = float(lat())
+    target = start * side  # 0.8: LAT > T (must go down); 1.25: LAT < T (must go up)
+    opt = torch.optim.SGD([alpha, *betas], lr=0.5)
+    for _ in range(5):
+        loss = 0.1 * torch.abs(lat() / target - 1.0)  # CE frozen: the penalty alone
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = float(lat())
+    assert abs(end - target) < abs(start - target)
+    assert (end < start) if side < 1 else (end > start)
+
+
+# --------------------------------------------------------------------------------------------
+# masks and weights
+
+
+def test_masks_top_k_and_bit_exact_reexpansion():
+    _, net = tiny()
+    op = net.blocks()[1].ops[OP_NAMES.index("k5_e6_se")]
+    full = {k: v.clone() for k, v in op.state_dict().items()}
+    op.set_width(op.mid_max - 5)
+    before = op.active.clone()
+    before_state = op.export_state()
+    op.set_width(op.mid_min)  # shrink
+    top = torch.topk(op.importance(), op.mid_min).indices
+    assert set(op.active.tolist()) == set(top.tolist())
+    op.set_width(op.mid_max - 5)  # and back
+    assert torch.equal(op.active, before)
+    after_state = op.export_state()
+    assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
+    assert all(torch.equal(full[k], v) for k, v in op.state_dict().items())
+
+
+def test_masked_channels_are_not_trained():
+    method, net = tiny()
+    s = Searcher(net, method.config, None, None, 10, 0)
+    for blk in net.blocks():
+        for op in blk.ops:
+            op.set_width(op.mid_min)
+    snap = {id(t): t.detach().clone() for blk in net.blocks() for op in blk.ops
+            for t, _ in op.mid_tensors()}
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        s.weight_step(x, y, bisample=True)
+    moved = 0
+    for blk in net.blocks():
+        for op in blk.ops:
+            idx = op.inactive()
+            for t, dim in op.mid_tensors():
+                old = snap[id(t)]
+                assert torch.equal(t.detach().index_select(dim, idx), old.index_select(dim, idx))
+                moved += int(not torch.equal(t.detach(), old))
+    assert moved > 0  # the active channels of the ops that ran did train
+
+
+def test_materialized_net_equals_the_parsed_supernet():
+    method, net = tiny()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        net.alpha.copy_(torch.log_softmax(torch.randn(net.alpha.shape, generator=gen), 1))
+        for b in net.betas:
+            b.copy_(torch.randn(len(b), generator=gen))
+    for blk in net.blocks():
+        for op in blk.ops:
+            op.set_width(int(torch.randint(op.mid_min, op.mid_max + 1, (), generator=gen)))
+    net.train()
+    with torch.no_grad():  # give the BN running statistics something to carry over
+        for _ in range(3):
+            net(torch.randn(16, 1, 16, 16), weights=torch.full((len(net.layout.blocks), 8), 1 / 8))
+    arch = method.decide(net)
+    weights = method.inherited_weights(net, arch)
+    sub = materialize(arch, weights).eval()
+    assert set(weights) == set(sub.state_dict())
+    net.eval()
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(sub(x), net(x), atol=1e-5)
+    allowed = tuple(ops_module.OPS.values())
+    for m in sub.modules():
+        assert type(m).__module__.startswith("torch.nn") or isinstance(m, allowed) \
+            or type(m).__name__ in ("GraphNet", "SqueezeExcite"), type(m)
+    # the LUT keys the search read are the materialized net's signatures
+    sigs = signatures(arch.network)
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    for j, b in enumerate(net.layout.blocks):
+        if b.name in sigs:
+            assert sigs[b.name] == b.signature(ops[j], net.blocks()[j].ops[ops[j]].mid)
+    assert [sigs[k] for k in ("stem", "stem_mb", "tail", "head")] == net.layout.fixed_signatures()
+    table = method.cost_table(net, SynthLUT())
+    mids = [net.blocks()[j].ops[o].mid for j, o in enumerate(ops)]
+    assert table.parsed(ops, depths, mids) == pytest.approx(SynthLUT().predict(arch.network))
+
+
+# --------------------------------------------------------------------------------------------
+# the search loop and the pipeline
+
+
+def _synthetic_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, 1, 16, 16, generator=g) * 0.3
+    for c in range(4):  # a bright quadrant per class
+        x[y == c, :, (c // 2) * 8:(c // 2) * 8 + 8, (c % 2) * 8:(c % 2) * 8 + 8] += 1.5
+    return x, y
+
+
+def test_search_history_and_target():
+    method, net = tiny()
+    x, y = _synthetic_data()
+    data = SearchData(x[:48], y[:48], x[48:80], y[48:80], x[80:], y[80:])
+    lut = SynthLUT()
+    big, small = lut.predict(method.largest(net).network), lut.predict(method.smallest(net).network)
+    budget = small + 0.5 * (big - small)
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, desc=None):
+            bars.append((total, desc))
+
+        def update(self, n=1): ...
+        def set_postfix(self, **kw): ...
+        def close(self): ...
+
+    ctx = SearchContext(data=data, epochs=3, seed=0, batch_size=16, budget_ms=budget,
+                        latency_model=lut, progress=Bar)
+    run_search(method, net, ctx)
+    assert bars and bars[0][0] == 9
+    assert [r["epoch"] for r in ctx.history] == [1, 2, 3]
+    assert [r["phase"] for r in ctx.history] == ["warmup", "search", "search"]
+    for r in ctx.history:
+        for key in ("loss", "val_acc", "predicted_ms", "temperature"):
+            assert math.isfinite(r[key])
+    target = 0.95 * budget
+    arch = method.decide(net)
+    assert arch.decisions["target_ms"] == pytest.approx(target)
+    assert ctx.history[-1]["predicted_ms"] == pytest.approx(arch.metadata["predicted_ms"])
+    assert arch.metadata["predicted_ms"] == pytest.approx(lut.predict(arch.network))
+    # lands ≤ T unless the parsed architecture cannot reach it at its min widths
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    table = method.cost_table(net, lut)
+    at_min = table.parsed(ops, depths, [net.blocks()[j].ops[o].mid_min for j, o in enumerate(ops)])
+    assert arch.metadata["predicted_ms"] <= target or at_min > target
+
+
+def test_cli_search_and_export_end_to_end(tmp_path):
+    from nas2deploy.cli import main
+
+    cfg = tmp_path / "tiny.toml"
+    stages = ", ".join(f'[{n}, {c}, {s}, "{a}"]' for n, c, s, a in TINY["stages"])
+    cfg.write_text(
+        'method = "tfnas"\n[method-options]\n'
+        f'stem_channels = 8\nstem_block_channels = 8\nstem_se = 2\ntail_channels = 32\n'
+        f'stages = [{stages}]\n')
+    out = tmp_path / "tmp"
+    res = CliRunner().invoke(main, [
+        "search-and-export", "--config", str(cfg), "--method", "tfnas", "--search-epochs", "2",
+        "--retrain-epochs", "1", "--input-size", "16", "--target", "onnxruntime:cpu",
+        "--export", "onnx", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert res.exit_code in (0, 3), res.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["method"]["name"] == "tfnas" and m["method"]["config"]["stem_channels"] == 8
+    assert m["parity"]["onnx"]["max_abs_diff"] <= m["parity"]["onnx"]["atol"]
+    assert len(m["search"]["history"]) == 2
+    assert m["search"]["history"][-1]["phase"] == "search"
+    arch = json.loads((out / "architecture.json").read_text())
+    assert arch["method"] == "tfnas" and arch["space"]["fingerprint"] == m["method"]["space"]["fingerprint"]
