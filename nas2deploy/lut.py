@@ -1065,15 +1065,17 @@ class CalibratedLUT(LatencyModel):
         y = np.asarray(measured_ms, dtype=float)
         if len(specs) != len(y):
             raise UsageError(f"calibration got {len(specs)} subnets but {len(y)} measurements")
-        if len(y) < 4:
-            raise UsageError(f"calibration needs at least 4 measured subnets, got {len(y)}")
+        if len(y) < 5:
+            raise UsageError(f"calibration needs at least 5 measured subnets, got {len(y)}")
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise UsageError("calibration measurements must be finite and > 0")
         feats = [_features(table, s) for s in specs]
-        best = None
-        for name in feature_sets:
+        scored = []  # (parameters, name, leave-one-out MAPE, X), simplest first
+        for name in sorted(feature_sets, key=lambda k: len(FEATURE_SETS[k])):
             cols = FEATURE_SETS[name]
-            if len(y) < len(cols) + 2:
+            # 5 nets per parameter beyond the intercept (a+b·L from 5 nets), so that a richer
+            # form is only tried where the data can support it
+            if len(y) < max(4, 5 * (len(cols) - 1)):
                 continue
             X = np.array([[f[c] for c in cols] for f in feats])
             loo = []
@@ -1081,12 +1083,12 @@ class CalibratedLUT(LatencyModel):
                 keep = np.arange(len(y)) != i
                 beta = _fit(X[keep], y[keep])
                 loo.append(float(X[i] @ beta / y[i] - 1))
-            loo_mape = float(np.mean(np.abs(loo)))
-            if best is None or loo_mape < best[1] - 1e-12:
-                best = (name, loo_mape, loo, X)
-        if best is None:
-            raise UsageError(f"calibration needs at least 4 measured subnets, got {len(y)}")
-        name, loo_mape, loo, X = best
+            scored.append((len(cols), name, float(np.mean(np.abs(loo))), X))
+        if not scored:
+            raise UsageError(f"calibration needs at least 5 measured subnets, got {len(y)}")
+        # the simplest form whose leave-one-out error is within 5% of the best one's
+        best_loo = min(sc[2] for sc in scored)
+        _, name, loo_mape, X = next(sc for sc in scored if sc[2] <= best_loo * 1.05 + 1e-12)
         cols = FEATURE_SETS[name]
         beta = _fit(X, y)
         pred = X @ beta

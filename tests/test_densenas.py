@@ -241,6 +241,29 @@ def test_imagenet_space_counts_and_builds():
         Architecture.from_json(arch.to_json())  # valid, round-trips
 
 
+def test_candidate_networks_hold_every_op_of_the_space():
+    """What a latency table measures: every signature the cost term asks the latency model for
+    appears in some candidate network, at the input shape it really sees."""
+    for opts, task in ((TINY, TaskSpec(1, 16, 10)), ({}, TaskSpec(1, 32, 10))):
+        m = DenseNAS(opts)
+        net = m.build(task)
+        L = net.layout
+        wanted = set(L.stem_signatures()) | {L.classifier_signature()}
+        wanted |= {L.head_signature(e, c) for e in L.head_row for c in L.head_candidates}
+        wanted |= {L.out_signature(e) for e in L.out_row}
+        wanted |= {L.layer_signature(v, c) for v, rows in enumerate(L.layer_rows) if rows
+                   for c in L.head_candidates}
+        archs = m.candidate_networks(net)
+        have = {s for a in archs for s in signatures(a.network).values()}
+        assert wanted <= have, sorted(s.key() for s in wanted - have)[:5]
+        covered = {e for a in archs for e in path_edges(L.graph, a.decisions["path"])}
+        assert covered == set(range(len(L.graph.edges)))
+        rng = random.Random(0)
+        for _ in range(5):
+            arch = m.sample(net, rng)
+            materialize(arch, m.inherited_weights(net, arch))
+
+
 # ------------------------------------------------------------------------------------------
 # weights, config
 

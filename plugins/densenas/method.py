@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +14,7 @@ from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
 
 from .config import DenseNASConfig
 from .derive import Choice, build_spec, cost_choice, viterbi_choice
+from .routing import edge_cover, path_edges
 from .search import record_to_choice, run_search
 from .space import CostTable, DenseNASSupernet, Layout, macs
 
@@ -77,6 +79,40 @@ class DenseNAS(SearchMethod):
         net = self._check(supernet)
         choice = cost_choice(net.layout, self._mac_table(net), largest=False)
         choice.note = "smallest: the cheapest path (MACs), cheapest candidate everywhere"
+        return self._arch(net, choice)
+
+    def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
+        """Paths covering every edge, each built once per candidate (that candidate on every head
+        and stacked layer of the path): together they hold every op the space can produce at
+        the input shape it really sees, which is what a latency table must measure."""
+        net = self._check(supernet)
+        L = net.layout
+        out = []
+        for path in edge_cover(L.graph):
+            edges = path_edges(L.graph, path)
+            rows = [r for v in path for r in L.layer_rows[v]]
+            for o in range(len(L.head_candidates)):
+                choice = Choice(path, {e: o for e in edges if e in L.head_row}, {r: o for r in rows},
+                                note=f"latency-table cover: candidate {L.head_candidates[o].name} "
+                                     f"on path {path}")
+                out.append(self._arch(net, choice))
+        return out
+
+    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+        """A random subnet: a random walk from the stem (uniform over each block's outgoing
+        edges, as β at initialisation), a uniform candidate per head and per layer (skip
+        included)."""
+        net = self._check(supernet)
+        L = net.layout
+        path = [0]
+        while path[-1] != L.out_node:
+            e = rng.choice(L.graph.out_edges[path[-1]])
+            path.append(L.graph.edges[e][1])
+        edges = path_edges(L.graph, path)
+        choice = Choice(path,
+                        {e: rng.randrange(len(L.head_candidates)) for e in edges if e in L.head_row},
+                        {r: rng.randrange(len(L.stack_candidates)) for v in path for r in L.layer_rows[v]},
+                        note="random sample")
         return self._arch(net, choice)
 
     # --- search and decision -------------------------------------------------------------

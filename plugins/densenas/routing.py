@@ -166,3 +166,50 @@ def best_cost_path(graph: Graph, edge_cost: Sequence[float], node_cost: Sequence
 def path_edges(graph: Graph, path: Sequence[int]) -> list[int]:
     index = {edge: k for k, edge in enumerate(graph.edges)}
     return [index[(a, b)] for a, b in zip(path, path[1:])]
+
+
+def edge_cover(graph: Graph) -> list[list[int]]:
+    """Stem-to-output paths that together use every edge (greedy: each new path runs through an
+    unused edge and, before and after it, through as many other unused edges as it can)."""
+    last = graph.n - 1
+    used: set[int] = set()
+    paths: list[list[int]] = []
+    index = {edge: k for k, edge in enumerate(graph.edges)}
+
+    def gain(e: int) -> int:
+        return 0 if e in used else 1
+
+    while len(used) < len(graph.edges):
+        # most unused edges on a path 0 → v (forward) and v → last (backward)
+        fwd: list[tuple[int, list[int]] | None] = [None] * graph.n
+        fwd[0] = (0, [0])
+        for v in range(graph.n):
+            if fwd[v] is None:
+                continue
+            for e in graph.out_edges[v]:
+                w = graph.edges[e][1]
+                cand = (fwd[v][0] + gain(e), fwd[v][1] + [w])
+                if fwd[w] is None or cand[0] > fwd[w][0]:
+                    fwd[w] = cand
+        bwd: list[tuple[int, list[int]] | None] = [None] * graph.n
+        bwd[last] = (0, [last])
+        for v in range(last, -1, -1):
+            for e in graph.out_edges[v]:
+                w = graph.edges[e][1]
+                if bwd[w] is None:
+                    continue
+                cand = (bwd[w][0] + gain(e), [v] + bwd[w][1])
+                if bwd[v] is None or cand[0] > bwd[v][0]:
+                    bwd[v] = cand
+        best = None
+        for e, (i, j) in enumerate(graph.edges):
+            if e in used or fwd[i] is None or bwd[j] is None:
+                continue
+            score = fwd[i][0] + 1 + bwd[j][0]
+            if best is None or score > best[0]:
+                best = (score, fwd[i][1] + bwd[j][1])
+        if best is None:
+            raise ValueError("some edges lie on no stem-to-output path")
+        paths.append(best[1])
+        used.update(index[(a, b)] for a, b in zip(best[1], best[1][1:]))
+    return paths

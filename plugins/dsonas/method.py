@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any, ClassVar
 
 import torch
@@ -61,6 +62,27 @@ class DSONAS(SearchMethod):
         lam = uniform_lambdas(net.cfg, net.task, normal=0.0, reduction=(1.0, 0.0))
         return self._arch(net, lam, keep_scales=False,
                           note="smallest: every normal block empty, reductions 1x1 only")
+
+    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+        """A random subnet: every edge kept with one probability drawn per call (0.15..0.9),
+        kept λ uniform in (0.2, 1), then the same closure and derivation as ``decide``. The
+        supernet is not touched."""
+        net = self._check(supernet)
+        keep = rng.uniform(0.15, 0.9)
+
+        def draw() -> float:
+            return rng.uniform(0.2, 1.0) if rng.random() < keep else 0.0
+
+        lam: list[Any] = []
+        for entry in uniform_lambdas(net.cfg, net.task, normal=1.0, reduction=(1.0, 1.0)):
+            if isinstance(entry, tuple):  # a normal block: (lam_in per level, lam_out)
+                lam.append(([[[draw() for _ in row] for row in level] for level in entry[0]],
+                            [[draw() for _ in row] for row in entry[1]]))
+            else:
+                lam.append([draw() for _ in entry])
+        arch = self._arch(net, lam, keep_scales=self.config.keep_scales, note="random sample")
+        arch.seed = None
+        return arch
 
     # --- search and decision -------------------------------------------------------------
 

@@ -56,7 +56,9 @@ class Searcher:
         return F.cross_entropy(self.net(x), y)
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One NAG step on W (W split batch); λ is read, never written."""
+        """One NAG step on W (W split batch); λ is read, never written. (The authors' code also
+        clamps λ ≥ 0 after weight-only iterations; λ is already ≥ 0 there, so that is a no-op and
+        is left out, which keeps λ bit-identical across a W step.)"""
         loss = self._loss(x, y)
         grads = torch.autograd.grad(loss, self.w_params, allow_unused=True)
         clip = self.cfg.grad_clip
@@ -114,7 +116,7 @@ def split_epochs(total: int, fraction: float) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_images: int = 512) -> None:
+def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_images: int = 256) -> None:
     """Re-estimate every BN's running mean/var from (at most ``max_images`` of) ``x``.
 
     λ move every step, and with them the scale of what each BN sees (by design: λ sits before

@@ -142,22 +142,25 @@ class NormalBlock(nn.Module):
         # depthwise convs and pools on CPU; a permuted view costs nothing when the tensor is
         # already stored that way.
         srcs = [x.permute(0, 2, 3, 1)]
-        outs: list[torch.Tensor] = []
         for m in range(self.levels):
             # All inputs of level m at once: (N × S) @ (S × everything), one GEMM instead of
             # N·S scaled adds.
             inputs = torch.tensordot(self.lam_in[m], torch.stack(srcs, 0), dims=1).unbind(0)
             for op, inp in zip(self.ops[m], inputs):
-                h = op(inp.permute(0, 3, 1, 2))
-                outs.append(h)
-                srcs.append(h.permute(0, 2, 3, 1))
-        # Σ λ_i · conv1x1_i(h_i) as one 1×1 conv over the concatenated op outputs, with each op's
-        # kernel scaled by its λ ("equivalent to concat + 1×1", METHODS.md §1.1).
-        lam = self.lam_out.reshape(-1)
+                srcs.append(op(inp.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        # Σ λ_i · conv1x1_i(h_i) ("equivalent to concat + 1×1", METHODS.md §1.1) as one batched
+        # matmul over the op outputs stacked on a new leading axis, then a sum over that axis.
+        # (A 1×1 conv over their channel concatenation computes the same, but hands each op a
+        # strided slice of its gradient, which sends every last-level op's backward down slow
+        # generic kernels.)
+        b, hgt, wid, c = srcs[1].shape
+        feats = torch.stack([h.reshape(-1, c) for h in srcs[1:]], 0)  # K × (B·H·W) × C
         convs = [pr.conv for row in self.proj for pr in row]
-        weight = torch.cat([cv.weight * lam[i] for i, cv in enumerate(convs)], dim=1)
-        bias = sum(cv.bias * lam[i] for i, cv in enumerate(convs))
-        y = self.bn(F.conv2d(torch.cat(outs, 1), weight, bias))
+        lam = self.lam_out.reshape(-1, 1, 1)
+        kernels = torch.stack([cv.weight.reshape(c, c).t() for cv in convs], 0) * lam  # K × C × C
+        bias = (torch.stack([cv.bias for cv in convs], 0) * lam.reshape(-1, 1)).sum(0)
+        y = (torch.bmm(feats, kernels).sum(0) + bias).reshape(b, hgt, wid, c).permute(0, 3, 1, 2)
+        y = self.bn(y)
         return y + (self.shortcut(x) if self.shortcut is not None else x)
 
 
