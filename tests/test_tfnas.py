@@ -467,3 +467,25 @@ def test_registered_and_macs_fallback_without_latency_model():
     lo, _, hi = b.mid_range(0)
     assert 0 < table.cost(0, 0, lo) < table.cost(0, 0, hi)
     assert table.fixed_ms > 0
+
+
+def test_candidate_networks_cover_every_op_and_sample_is_valid():
+    method, net = tiny()
+    archs = method.candidate_networks(net)
+    assert len(archs) == 8
+    have = {s for a in archs for s in signatures(a.network).values()}
+    wanted = set(net.layout.fixed_signatures())
+    wanted |= {b.signature(o, b.mid_range(o)[2]) for b in net.layout.blocks for o in range(8)}
+    assert wanted <= have
+    before = [p.detach().clone() for p in net.arch_parameters()]
+    widths = [op.mid for blk in net.blocks() for op in blk.ops]
+    rng = random.Random(0)
+    shapes = set()
+    for _ in range(8):
+        arch = method.sample(net, rng)
+        assert arch.space["fingerprint"] == method.space(net)["fingerprint"]
+        shapes.add(tuple(n.get("mid", 0) for n in block_nodes(arch.network)))
+        assert materialize(arch)(torch.randn(1, 1, 16, 16)).shape == (1, 4)
+    assert len(shapes) == 8
+    assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
+    assert widths == [op.mid for blk in net.blocks() for op in blk.ops]
