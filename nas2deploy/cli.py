@@ -104,6 +104,12 @@ def _comma_list(ctx, param, value):
               help="Measure-and-shrink rounds before giving up on the budget.")
 @click.option("--min-width", type=float, default=DEFAULTS.min_width, show_default=True,
               help="Smallest width multiplier the budget loop may use.")
+@click.option("--calibration-samples", type=int, default=DEFAULTS.calibration_samples,
+              show_default=True, help="int8: training images the quantizer calibrates on.")
+@click.option("--min-agreement", type=float, default=DEFAULTS.min_agreement, show_default=True,
+              help="fp16/int8: least top-1 agreement with the fp32 model on the test split.")
+@click.option("--max-accuracy-drop", type=float, default=DEFAULTS.max_accuracy_drop,
+              show_default=True, help="fp16/int8: most top-1 accuracy lost, in points.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="TOML file with any of these options (CLI wins); a [method-options] "
@@ -151,11 +157,20 @@ def _summary(m: dict[str, Any], out: Path, err: bool) -> None:
         ("params / MACs", f"{m['model']['params']:,} / {m['model']['macs']:,}"),
         ("width multiplier", f"{m['model']['width_multiplier']:g}"),
     ]
-    rows += [(f"parity {k}", f"{v['max_abs_diff']:.2e}") for k, v in m["parity"].items()]
+    rows += [(f"parity {k}", _parity_line(v)) for k, v in m["parity"].items()]
     rows += [("time", f"{m['timings']['total_s']:.0f} s"), ("bundle", str(out))]
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{w}}  {v}", err=err)
+
+
+def _parity_line(v: dict[str, Any]) -> str:
+    if not v.get("verified", True):
+        return f"not verified here: {v.get('reason', '')}"
+    if "max_abs_diff" in v:
+        return f"{v['max_abs_diff']:.2e}"
+    return (f"top-1 agreement {v['top1_agreement']:.2%}, accuracy drop "
+            f"{v['accuracy_drop_points']:.2f} points")
 
 
 @main.command("methods")
@@ -210,6 +225,36 @@ def measure_cmd(bundle: Path, target: str | None, threads: int | None, as_json: 
         click.echo(f"{rec['target']}: p50 {rec['p50_ms']:.4f} ms, p90 {rec['p90_ms']:.4f} ms "
                    f"({rec['runs']} runs) vs budget {rec['budget_ms']:.4f} ms: {verdict}")
     sys.exit(0 if rec["within_budget"] else 3)
+
+
+@main.command("build-engine")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: the precision the bundle was exported for. int8 needs the bundle's "
+                   "Q/DQ ONNX (an int8 export).")
+@click.option("--trtexec", "use_trtexec", is_flag=True,
+              help="Build with the bundle's tensorrt/build_engine.sh (trtexec) even if TensorRT's "
+                   "Python bindings import.")
+@click.option("--json", "as_json", is_flag=True, help="Print the artifact's info as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True)
+@handled
+def build_engine_cmd(bundle: Path, precision: str | None, use_trtexec: bool, as_json: bool,
+                     quiet: bool):
+    """Build BUNDLE's TensorRT engine on this machine and record it in the manifest.
+
+    Uses TensorRT's Python API, or trtexec if the bindings are absent. Exit 2 where TensorRT or
+    a GPU is missing.
+    """
+    from .engine import build_engine
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
+    info = build_engine(bundle, precision=precision, trtexec=use_trtexec, log=log)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"{bundle / info['engine']}: {info['precision']} engine built with "
+                   f"{info['built_with']} (TensorRT {info.get('tensorrt_version') or '?'}) on "
+                   f"{info.get('device') or 'this GPU'} in {info['build_s']:.1f} s")
 
 
 @main.group("lut")

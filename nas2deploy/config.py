@@ -37,6 +37,9 @@ class RunConfig:
     max_rounds: int = 6
     min_width: float = 0.25
     parity_samples: int = 64
+    calibration_samples: int = 512
+    min_agreement: float = 0.99
+    max_accuracy_drop: float = 1.0  # points of top-1 accuracy
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -61,6 +64,13 @@ class RunConfig:
             raise UsageError(f"--max-rounds must be >= 1, not {self.max_rounds}")
         if not 0 < self.min_width <= 1:
             raise UsageError(f"--min-width must be in (0, 1], not {self.min_width:g}")
+        if self.calibration_samples < 1:
+            raise UsageError(f"--calibration-samples must be >= 1, not {self.calibration_samples}")
+        if not 0 <= self.min_agreement <= 1:
+            raise UsageError(f"--min-agreement must be in [0, 1], not {self.min_agreement:g}")
+        if not self.max_accuracy_drop >= 0:
+            raise UsageError(f"--max-accuracy-drop must be >= 0 points, not "
+                             f"{self.max_accuracy_drop:g}")
         if not self.export:
             raise UsageError("--export needs at least one format, e.g. onnx,openvino")
 
@@ -108,7 +118,9 @@ def merge(toml_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
 
 _TYPES = {"method": str, "latency_model": str, "dataset": str, "target": str, "out": str, "retrain_from": str,
           "input_size": int, "threads": int, "batch": int, "retrain_epochs": int, "seed": int,
-          "max_rounds": int, "parity_samples": int, "search_epochs": (int, type(None)),
+          "max_rounds": int, "parity_samples": int,
+          "calibration_samples": int, "min_agreement": (int, float),
+          "max_accuracy_drop": (int, float), "search_epochs": (int, type(None)),
           "latency_ms": (int, float, type(None)), "latency_fraction": (int, float),
           "min_width": (int, float), "overwrite": bool, "export": list, "method_options": dict}
 

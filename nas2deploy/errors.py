@@ -33,6 +33,11 @@ class ParityError(ExportError):
     """A runtime's output differs from the PyTorch reference beyond tolerance."""
 
 
+class PrecisionError(ParityError):
+    """An fp16/int8 artifact disagrees with the fp32 model beyond the allowed agreement or
+    accuracy drop (exit 1)."""
+
+
 class BudgetMissed(Nas2DeployError):
     """The measured latency is over budget after every allowed round (exit 3)."""
 

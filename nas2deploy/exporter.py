@@ -28,6 +28,13 @@ class Artifact:
     files: dict[str, str]  # logical name -> path relative to the bundle root
     info: dict[str, Any] = field(default_factory=dict)  # e.g. opset, runtime version
 
+    # An artifact written here for another machine (a TensorRT build script where TensorRT is
+    # absent) sets info["runnable"] = False and says why in info["not_runnable_reason"]; parity
+    # and latency are then checked where it is built (``nas2deploy measure`` on the device).
+    @property
+    def runnable(self) -> bool:
+        return bool(self.info.get("runnable", True))
+
 
 @dataclass
 class ExportContext:
@@ -36,6 +43,9 @@ class ExportContext:
     target: Target
     metadata: dict[str, str]  # embedded where the format allows (ONNX metadata_props)
     artifacts: dict[str, Artifact] = field(default_factory=dict)  # produced earlier this run
+    # Real training images for int8 calibration (NCHW, normalised like ``example``). None means
+    # the artifact is only a latency probe: exporters may calibrate on random inputs and say so.
+    calibration: torch.Tensor | None = None
 
 
 class Exporter(ABC):

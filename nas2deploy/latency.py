@@ -4,9 +4,11 @@ Protocol (recorded in every report): the runner is called ``warmup`` times on on
 the deployed shape and those calls are discarded; then it is called ``runs`` times, each call timed
 alone with ``time.perf_counter`` around the runtime's synchronous inference (inputs already in
 memory, outputs returned to the host); p50/p90 are the median and 90th percentile of those calls.
-Intra-op threads and batch are the target's. If the timed calls take longer than ``max_seconds``
-in all, timing stops early (never with fewer than ``min_runs`` calls) and the report says how many
-ran. The estimate is never the verdict: the measurement on the target runtime is.
+Intra-op threads and batch are the target's. At least ``runs`` calls are timed, and timing goes on
+until the calls have taken ``min_seconds`` in all (at most ``max_runs`` calls): a sub-millisecond
+network timed for 300 calls is timed over ~50 ms, and one stray burst of another process on a
+shared CPU then moves its median by 10%. If the timed calls take longer than ``max_seconds``,
+timing stops early (never with fewer than ``min_runs`` calls) and the report says how many ran. The estimate is never the verdict: the measurement on the target runtime is.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ class Protocol:
     runs: int = 300
     min_runs: int = 30
     max_seconds: float = 20.0
+    min_seconds: float = 1.0
+    max_runs: int = 20000
 
     def describe(self, batch: int, threads: int) -> str:
-        return (f"{self.warmup} warm-up calls discarded, then up to {self.runs} timed synchronous "
-                f"calls (perf_counter each; stop after {self.max_seconds:g} s, at least "
+        return (f"{self.warmup} warm-up calls discarded, then at least {self.runs} timed "
+                f"synchronous calls and at least {self.min_seconds:g} s of them (at most "
+                f"{self.max_runs}; perf_counter each; stop after {self.max_seconds:g} s, at least "
                 f"{self.min_runs}); batch {batch}, {threads} intra-op thread(s); p50/p90 over calls")
 
 
@@ -54,12 +59,16 @@ def measure(runner: Callable[[np.ndarray], Any], x: np.ndarray, *, batch: int = 
     for _ in range(protocol.warmup):
         runner(x)
     times = []
-    budget_end = time.perf_counter() + protocol.max_seconds
-    for i in range(protocol.runs):
+    start = time.perf_counter()
+    long_enough = start + protocol.min_seconds
+    budget_end = start + protocol.max_seconds
+    for i in range(max(protocol.runs, protocol.max_runs)):
         t0 = time.perf_counter()
         runner(x)
         t1 = time.perf_counter()
         times.append((t1 - t0) * 1e3)
+        if i + 1 >= protocol.runs and t1 >= long_enough:
+            break
         if t1 > budget_end and i + 1 >= protocol.min_runs:
             break
     arr = np.asarray(times)

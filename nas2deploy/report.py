@@ -132,7 +132,18 @@ def write_report(bundle: Path, manifest: dict[str, Any], arch: Architecture) -> 
         f"| budget | {lat['budget_ms']:.4f} ms ({lat['budget_source']}) |",
     ]
     for fmt, p in manifest["parity"].items():
-        lines.append(f"| parity {fmt} | max abs diff {p['max_abs_diff']:.2e} (atol {p['atol']:.0e}) |")
+        if not p.get("verified", True):
+            check = f"not verified here: {p.get('reason', '')}"
+        elif "max_abs_diff" in p:
+            check = f"max abs diff {p['max_abs_diff']:.2e} (atol {p['atol']:.0e})"
+        else:
+            check = (f"top-1 agreement with fp32 {p['top1_agreement']:.2%}, accuracy drop "
+                     f"{p['accuracy_drop_points']:.2f} points")
+        lines.append(f"| parity {fmt} | {check} |")
+    quant = manifest.get("precision", {}).get("quantization")
+    if quant:
+        lines.append(f"| int8 quantization | {quant['method']}; calibrated on "
+                     f"{quant['calibration_samples']} images ({quant['calibration_source']}) |")
     lines += ["", "Timing protocol: " + lat["measured"]["protocol"], "",
               "## Closed-loop rounds", "",
               "| round | stage | width | predicted ms | measured p50 ms | within |",

@@ -13,7 +13,19 @@ RUNTIMES = {
     "tensorrt": ("cuda",),
 }
 PRECISIONS = ("fp32", "fp16", "int8")
-SUPPORTED_PRECISIONS = ("fp32",)
+# What each runtime can execute; int8 is always explicit quantization (a Q/DQ ONNX model).
+SUPPORTED_PRECISIONS = {
+    "torch": ("fp32",),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16", "int8"),
+}
+_WHY_NOT = {
+    ("onnxruntime", "fp16"): "onnxruntime's CPU provider has no fp16 convolution kernels (it would "
+                             "cast around every op); use onnxruntime:cpu:int8 or openvino:cpu:fp16",
+    ("torch", "fp16"): "eager torch is a reference runtime here, fp32 only",
+    ("torch", "int8"): "eager torch is a reference runtime here, fp32 only",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +53,10 @@ class Target:
         precision = parts[2] if len(parts) > 2 else "fp32"
         if precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if precision not in SUPPORTED_PRECISIONS:
-            raise UsageError(f"precision {precision} is not supported yet; use fp32")
+        if precision not in SUPPORTED_PRECISIONS[runtime]:
+            why = _WHY_NOT.get((runtime, precision), f"{runtime} supports "
+                               f"{', '.join(SUPPORTED_PRECISIONS[runtime])}")
+            raise UsageError(f"target {runtime}:{device}:{precision} is not supported: {why}")
         if batch < 1:
             raise UsageError(f"batch must be >= 1, not {batch}")
         if threads < 1:

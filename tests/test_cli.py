@@ -128,7 +128,7 @@ def test_overwrite_failure_keeps_the_old_bundle(random_plugin, tiny_random_confi
     def broken(*a, **k):
         raise ParityError("max |diff| 1.0e+00 > atol 1e-04")
 
-    monkeypatch.setattr(pipeline, "_check_parity", broken)
+    monkeypatch.setattr(pipeline, "_verify", broken)
     res = run_cli("search-and-export", "--config", str(tiny_random_config), "--out", str(out),
                   "--overwrite", "--quiet", "--max-rounds", "1")
     assert_clean_error(res, 1, "atol")

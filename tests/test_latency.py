@@ -5,6 +5,8 @@ Nothing here asserts a wall-clock speed: only the protocol's bookkeeping and the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -52,7 +54,7 @@ def x():
 
 
 def test_measure_with_onnxruntime_runner(ort_runner, x):
-    proto = Protocol(warmup=5, runs=200, min_runs=20, max_seconds=0.5)
+    proto = Protocol(warmup=5, runs=200, min_runs=20, max_seconds=0.5, min_seconds=0.0)
     rep = measure(ort_runner, x, batch=1, threads=1, protocol=proto)
     assert 0 < rep.min_ms <= rep.p50_ms <= rep.p90_ms
     assert rep.min_ms <= rep.mean_ms
@@ -71,9 +73,25 @@ def test_measure_stops_at_min_runs_when_over_time(ort_runner, x):
 
 def test_measure_counts_every_call(x):
     calls = []
-    proto = Protocol(warmup=3, runs=25, min_runs=5, max_seconds=60.0)
+    proto = Protocol(warmup=3, runs=25, min_runs=5, max_seconds=60.0, min_seconds=0.0)
     rep = measure(lambda a: calls.append(a.shape), x, protocol=proto)
     assert len(calls) == 3 + 25 and rep.runs == 25
+
+
+def test_measure_goes_on_until_min_seconds_of_calls(x):
+    calls = []
+    proto = Protocol(warmup=0, runs=10, min_runs=5, max_seconds=60.0, min_seconds=0.05,
+                     max_runs=100000)
+
+    def slow(a):
+        calls.append(1)
+        time.sleep(0.001)
+
+    rep = measure(slow, x, protocol=proto)
+    assert rep.runs == len(calls) > 10  # 10 calls of ≥1 ms cannot fill 50 ms
+    assert "at least 0.05 s" in rep.protocol
+    capped = measure(slow, x, protocol=Protocol(warmup=0, runs=10, min_seconds=60.0, max_runs=15))
+    assert capped.runs == 15
 
 
 def test_flops_proxy_fits_two_anchors_exactly():
