@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from .errors import BundleError
 from .exporter import Artifact
 from .latency import measure
 from .runtime import cpu_name, exporter_for_runtime, random_input, runner_for
-from .target import Target
+from .target import SUPPORTED_PRECISIONS, Target
 
 
 def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: int | None = None,
@@ -28,13 +29,27 @@ def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: in
                      for name, a in manifest.get("artifacts", {}).items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST} is incomplete ({exc}); re-run search-and-export") from exc
-    model = load_bundle(root) if exporter_for_runtime(tgt.runtime) is None else None
+    exporter = exporter_for_runtime(tgt.runtime)
+    if target and target.count(":") < 2:  # no precision given: the one the bundle deploys
+        built = artifacts[exporter].info.get("precision") if exporter in artifacts else None
+        precision = built or (t["precision"] if t["precision"] in
+                              SUPPORTED_PRECISIONS[tgt.runtime] else "fp32")
+        tgt = replace(tgt, precision=precision)
+    model = load_bundle(root) if exporter is None else None
     run = runner_for(model, tgt, root, artifacts)
-    rep = measure(run, random_input((tgt.batch, *shape[1:])), batch=tgt.batch, threads=tgt.threads)
+    x = random_input((tgt.batch, *shape[1:]))
+    rep = measure(run, x, batch=tgt.batch, threads=tgt.threads)
     rec = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "target": str(tgt), "threads": tgt.threads, "batch": tgt.batch, "cpu": cpu_name(),
            "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "runs": rep.runs, "protocol": rep.protocol,
            "budget_ms": budget, "within_budget": rep.p50_ms <= budget}
+    if tgt.device == "cuda":
+        from .engine import gpu_info
+
+        rec["gpu"] = gpu_info()
+    details = getattr(run, "details", None)  # what a runner can say beyond wall-clock time
+    if callable(details):
+        rec["runtime"] = details(x)
     if record:
         manifest.setdefault("measurements", []).append(rec)
         write_json_atomic(root / MANIFEST, manifest)
