@@ -25,6 +25,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/search_overhead.py
 	$(BIN)/python benchmarks/latency_constraint.py
+	$(BIN)/python benchmarks/precision_latency.py
+	$(BIN)/python benchmarks/lut_accuracy.py
 
 clean:
 	rm -rf $(VENV) nas2deploy-out *.egg-info

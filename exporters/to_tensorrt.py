@@ -38,6 +38,7 @@ import numpy as np
 from torch import nn
 
 from nas2deploy import engine as device
+from nas2deploy.bundle import sha256
 from nas2deploy.errors import ExportError, ShapeError, UnavailableError, UsageError
 from nas2deploy.exporter import Artifact, ExportContext, Exporter, Runner
 from nas2deploy.target import Target
@@ -621,20 +622,10 @@ def build_with_trtexec(bundle_dir: Path, plan: Plan, engine_rel: str = ENGINE) -
         if m:
             n = int(m.group(1))
             version = f"{n // 10000}.{n // 100 % 100}.{n % 100}"
-    device = re.search(r"Selected Device:\s*(.+)", out)
+    selected = re.search(r"Selected Device:\s*(.+)", out)
     return {"built_with": f"trtexec ({trtexec})", "tensorrt_version": version,
-            "trtexec_device": device.group(1).strip() if device else None,
+            "trtexec_device": selected.group(1).strip() if selected else None,
             "build_s": round(time.perf_counter() - t0, 3), "build_log": BUILD_LOG}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,6 +772,10 @@ class TensorRTExporter(Exporter):
             version = local_tensorrt_version() or "not installed"
         return {"tensorrt": version}
 
+    @classmethod
+    def not_runnable_reason(cls) -> str | None:
+        return cls._cannot_build_here()
+
     def export(self, model: nn.Module, ctx: ExportContext) -> Artifact:
         onnx_art = ctx.artifacts.get("onnx")
         if onnx_art is None:
@@ -838,7 +833,7 @@ class TensorRTExporter(Exporter):
                 "device": gpu.get("name") or built.get("trtexec_device"),
                 "compute_capability": gpu.get("compute_capability"),
                 "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "engine_sha256": _sha256(Path(bundle_dir) / ENGINE),
+                "engine_sha256": sha256(Path(bundle_dir) / ENGINE),
                 "engine_bytes": (Path(bundle_dir) / ENGINE).stat().st_size}
 
     # ---- on the device: ``nas2deploy build-engine`` ----

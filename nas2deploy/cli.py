@@ -100,6 +100,10 @@ def _comma_list(ctx, param, value):
               help="Estimate that steers search and width: MACs fitted to two measured nets, a "
                    "per-op lookup table measured on the target (cached), or that table calibrated "
                    "on sampled subnets measured end to end.")
+@click.option("--lut", type=click.Path(dir_okay=False), default=None,
+              help="Steer by this latency table (e.g. one `nas2deploy lut build` measured on the "
+                   "device); implies --latency-model lut. Needed for targets this machine "
+                   "cannot run, such as tensorrt:cuda without TensorRT.")
 @click.option("--max-rounds", type=int, default=DEFAULTS.max_rounds, show_default=True,
               help="Measure-and-shrink rounds before giving up on the budget.")
 @click.option("--min-width", type=float, default=DEFAULTS.min_width, show_default=True,
@@ -148,12 +152,17 @@ def _summary(m: dict[str, Any], out: Path, err: bool) -> None:
         ("target", f"{t['runtime']}:{t['device']}:{t['precision']} batch {t['batch']}, "
                    f"{t['threads']} thread(s)"),
         ("budget", f"{lat['budget_ms']:.4f} ms"),
-        ("measured p50 / p90", f"{lat['measured']['p50_ms']:.4f} / {lat['measured']['p90_ms']:.4f} ms "
-                               f"({lat['ratio_to_budget']:.2f} of budget)"),
+        ("measured p50 / p90", (f"{lat['measured']['p50_ms']:.4f} / "
+                                f"{lat['measured']['p90_ms']:.4f} ms "
+                                f"({lat['ratio_to_budget']:.2f} of budget)")
+         if lat["measured"] else "not measured here"),
         ("predicted", f"{lat['predicted_ms']:.4f} ms"),
-        ("within budget", "yes" if lat["within_budget"] else "NO (exit 3)"),
+        ("within budget", {True: "yes", False: "NO (exit 3)"}.get(
+            lat["within_budget"], "unverified: run `nas2deploy measure` on the device")),
         ("rounds", str(len(lat["rounds"]))),
-        ("test top-1", f"{m['accuracy']['top1']:.4f} (runtime {m['accuracy']['runtime_top1']:.4f})"),
+        ("test top-1", f"{m['accuracy']['top1']:.4f}" + (
+            f" (runtime {m['accuracy']['runtime_top1']:.4f})"
+            if m["accuracy"]["runtime_top1"] is not None else "")),
         ("params / MACs", f"{m['model']['params']:,} / {m['model']['macs']:,}"),
         ("width multiplier", f"{m['model']['width_multiplier']:g}"),
     ]

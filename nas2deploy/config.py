@@ -34,6 +34,7 @@ class RunConfig:
     out: str = "nas2deploy-out"
     overwrite: bool = False
     latency_model: str = "flops"
+    lut: str | None = None  # a latency table file (e.g. built on the device); implies lut model
     max_rounds: int = 6
     min_width: float = 0.25
     parity_samples: int = 64
@@ -60,6 +61,8 @@ class RunConfig:
         if self.latency_model not in ("flops", "lut", "calibrated"):
             raise UsageError(f"--latency-model must be flops, lut or calibrated, not "
                              f"{self.latency_model!r}")
+        if self.lut is not None and self.latency_model == "flops":
+            self.latency_model = "lut"
         if self.max_rounds < 1:
             raise UsageError(f"--max-rounds must be >= 1, not {self.max_rounds}")
         if not 0 < self.min_width <= 1:
@@ -116,7 +119,7 @@ def merge(toml_values: dict[str, Any], cli_values: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-_TYPES = {"method": str, "latency_model": str, "dataset": str, "target": str, "out": str, "retrain_from": str,
+_TYPES = {"method": str, "latency_model": str, "lut": (str, type(None)), "dataset": str, "target": str, "out": str, "retrain_from": str,
           "input_size": int, "threads": int, "batch": int, "retrain_epochs": int, "seed": int,
           "max_rounds": int, "parity_samples": int,
           "calibration_samples": int, "min_agreement": (int, float),

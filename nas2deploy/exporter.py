@@ -65,6 +65,14 @@ class Exporter(ABC):
         """Versions of the libraries this exporter uses, for the manifest."""
         return {}
 
+    @classmethod
+    def not_runnable_reason(cls) -> str | None:
+        """None when this machine can run (and so time) what this exporter writes; else one line
+        saying why not. A format that is written here for another device (TensorRT engines for
+        a Jetson) says so, and search-and-export then steers by a latency table measured on that
+        device and leaves the verdict to ``nas2deploy measure`` there."""
+        return None
+
     @abstractmethod
     def export(self, model: nn.Module, ctx: ExportContext) -> Artifact:
         """Write the artifact's files under ``ctx.bundle_dir`` and return what was written."""

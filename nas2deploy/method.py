@@ -109,6 +109,14 @@ class SearchMethod(ABC):
     def decide(self, supernet: nn.Module) -> Architecture:
         """Architecture parameters -> discrete Architecture. Must not train."""
 
+    def prune_further(self, supernet: nn.Module, level: int) -> Architecture | None:
+        """A sparser architecture than ``decide``'s, from the same search: level 1, 2, ... each
+        removes more of what the search judged least useful. The pipeline asks for it when the
+        decided architecture is still over budget at the narrowest width, where thinning
+        channels stops paying (small nets on CPU runtimes are bound by per-op overhead). None:
+        nothing more to remove, or the method has no such lever (the default)."""
+        return None
+
     def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
         """Networks that together hold every candidate op of the space at its real input shape.
 

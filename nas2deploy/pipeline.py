@@ -62,7 +62,8 @@ class Result:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.manifest["latency"]["within_budget"] else 3
+        # None: the target cannot be timed here; `nas2deploy measure` on the device decides
+        return 3 if self.manifest["latency"]["within_budget"] is False else 0
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Plan:
     method: SearchMethod
     exports: list[str]
     out: Path
+    remote: str | None = None  # why the target's artifact cannot be timed on this machine
 
 
 def plan(cfg: RunConfig) -> Plan:
@@ -88,10 +90,22 @@ def plan(cfg: RunConfig) -> Plan:
     runtime_exporter = exporter_for_runtime(target.runtime)
     wanted = list(dict.fromkeys(cfg.export + ([runtime_exporter] if runtime_exporter else [])))
     exports = resolve_chain(wanted)
+    remote = None
+    if runtime_exporter is not None:
+        remote = registry.exporters.get(runtime_exporter).not_runnable_reason()
+    if remote is not None:
+        if cfg.lut is None or cfg.latency_model != "lut":
+            raise UsageError(
+                f"target {target} cannot be timed on this machine ({remote.split(';')[0]}); "
+                f"search against a latency table measured on the device: run `nas2deploy lut "
+                f"build --space {cfg.method} --target {target} --out FILE` there, then pass "
+                f"--lut FILE here")
+        if cfg.max_rounds < 1:
+            raise UsageError("--max-rounds must be >= 1")
     parse_dataset_spec(cfg.dataset)
     out = Path(cfg.out)
     check_out_dir(out, cfg.overwrite)
-    return Plan(cfg, target, method, exports, out)
+    return Plan(cfg, target, method, exports, out, remote)
 
 
 class _Quiet:
@@ -162,41 +176,50 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     supernet = method.build(task)
     space = method.space(supernet)
 
-    # Budget reference: the largest and the smallest subnet, measured on the target itself.
-    log(f"measuring the largest and smallest subnets on {target}")
+    # Budget reference: the largest and the smallest subnet, measured on the target itself (or,
+    # for a target this machine cannot run, predicted by the table measured on the device).
+    from .lut import make_latency_model
+
     t = time.perf_counter()
     largest = materialize(method.largest(supernet))
     smallest = scaled(materialize(method.smallest(supernet)), cfg.min_width)
-    rep_large = measure_model(largest, target, shape)
-    rep_small = measure_model(smallest, target, shape)
+    example = largest.example_input(1)
+    if p.remote is None:
+        log(f"measuring the largest and smallest subnets on {target}")
+        large_ms = measure_model(largest, target, shape).p50_ms
+        small_ms = measure_model(smallest, target, shape).p50_ms
+        how = "measured p50"
+    else:
+        log(f"{target} cannot be timed here ({p.remote.split(';')[0]}): steering by the table "
+            f"{cfg.lut}; the verdict is `nas2deploy measure` on the device")
+    lat_model = make_latency_model(
+        cfg.latency_model, method=method, supernet=supernet, target=target,
+        input_size=ds.input_size, min_width=cfg.min_width, progress=progress, log=log,
+        anchors=None if p.remote else [(count_macs(largest, example), large_ms),
+                                       (count_macs(smallest, example), small_ms)],
+        table_file=cfg.lut)
+    if p.remote is not None:
+        large_ms, small_ms = lat_model.predict(largest.spec()), lat_model.predict(smallest.spec())
+        how = "p50 predicted by the device's table"
     timings["reference_s"] = time.perf_counter() - t
     if cfg.latency_ms is not None:
         budget, budget_source = float(cfg.latency_ms), "--latency-ms"
     else:
-        budget = cfg.latency_fraction * rep_large.p50_ms
-        budget_source = (f"{cfg.latency_fraction:g} x largest subnet's measured p50 "
-                         f"({rep_large.p50_ms:.4f} ms)")
-    if budget < rep_small.p50_ms:
+        budget = cfg.latency_fraction * large_ms
+        budget_source = f"{cfg.latency_fraction:g} x largest subnet's {how} ({large_ms:.4f} ms)"
+    if budget < small_ms:
         raise UsageError(
             f"latency budget {budget:.4f} ms is below the smallest subnet this space yields "
-            f"({rep_small.p50_ms:.4f} ms p50 on {target} at width {cfg.min_width:g}); raise the "
+            f"({small_ms:.4f} ms, {how}, on {target} at width {cfg.min_width:g}); raise the "
             f"budget or lower --min-width")
-    example = largest.example_input(1)
-    from .lut import make_latency_model
-
-    lat_model = make_latency_model(
-        cfg.latency_model, method=method, supernet=supernet, target=target,
-        input_size=ds.input_size, anchors=[(count_macs(largest, example), rep_large.p50_ms),
-                                           (count_macs(smallest, example), rep_small.p50_ms)],
-        min_width=cfg.min_width, progress=progress, log=log)
     # Closed-loop correction of the estimate: measured / predicted of the last measured candidate.
     correction = 1.0
 
     def predict(spec: dict[str, Any]) -> float:
         return correction * lat_model.predict(spec)
 
-    log(f"budget {budget:.4f} ms p50 ({budget_source}); largest {rep_large.p50_ms:.4f} ms, "
-        f"smallest {rep_small.p50_ms:.4f} ms")
+    log(f"budget {budget:.4f} ms p50 ({budget_source}); largest {large_ms:.4f} ms, "
+        f"smallest {small_ms:.4f} ms")
 
     # Search.
     epochs = cfg.search_epochs or getattr(method, "default_search_epochs", 10)
@@ -207,9 +230,12 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     method.search(supernet, ctx)
     timings["search_s"] = time.perf_counter() - t
     arch = method.decide(supernet)
-    weights = method.inherited_weights(supernet, arch) if cfg.retrain_from == "inherit" else {}
-    base = materialize(arch, weights)
-    del supernet
+
+    def materialize_decided(a: Architecture) -> GraphNet:
+        weights = method.inherited_weights(supernet, a) if cfg.retrain_from == "inherit" else {}
+        return materialize(a, weights)
+
+    base = materialize_decided(arch)
 
     # Closed loop on the measured latency.
     t = time.perf_counter()
@@ -217,7 +243,14 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     width = bisect(base, AIM * budget)
     tried: set[float] = set()
     best: tuple[float, GraphNet, LatencyReport] | None = None
-    while len(rounds) < cfg.max_rounds:
+    level = 0  # prune_further level of the architecture the rounds scale
+    if p.remote is not None:  # nothing to measure here: the table's width is the answer
+        cand = scaled(base, width)
+        rounds.append({"round": 1, "width_multiplier": width, "predicted_ms": predict(cand.spec()),
+                       "measured_p50_ms": None, "measured_p90_ms": None, "within_budget": None,
+                       "params": count_params(cand), "macs": count_macs(cand, example),
+                       "stage": "predicted only (target not timed here)"})
+    while p.remote is None and len(rounds) < cfg.max_rounds:
         width = round(width, 4)
         tried.add(width)
         cand = scaled(base, width)
@@ -228,7 +261,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                        "predicted_ms": predicted, "measured_p50_ms": rep.p50_ms,
                        "measured_p90_ms": rep.p90_ms, "within_budget": within,
                        "params": count_params(cand), "macs": count_macs(cand, example),
-                       "stage": "pre-retrain"})
+                       "prune_further_level": level, "stage": "pre-retrain"})
         log(f"round {len(rounds)}: width x{width:g} predicted {predicted:.4f} ms, measured p50 "
             f"{rep.p50_ms:.4f} ms ({rep.p50_ms / budget:.2f} of budget)")
         if predicted > 0:
@@ -241,7 +274,19 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 break
         else:
             if width <= cfg.min_width:
-                break
+                # Channels are exhausted: ask the method for a sparser architecture.
+                level += 1
+                sparser = method.prune_further(supernet, level)
+                while sparser is not None and sparser.network == arch.network:
+                    level += 1  # this level removed only what was dead already
+                    sparser = method.prune_further(supernet, level)
+                if sparser is None:
+                    break
+                arch, base = sparser, materialize_decided(sparser)
+                log(f"still over budget at the narrowest width; {arch.decisions.get('note', '')}")
+                tried.clear()
+                width = bisect(base, AIM * budget)
+                continue
             nxt = min(nxt, round(width * 0.95, 4))
             nxt = max(nxt, cfg.min_width)
             if best is not None and nxt <= best[0]:
@@ -253,6 +298,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         width, subnet, _ = best
     else:
         subnet = cand
+    del supernet
     timings["rounds_s"] = time.perf_counter() - t
 
     # Retrain (fine-tune inherited weights, or from scratch), export into the bundle, measure the
@@ -289,6 +335,11 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             verification = _verify(subnet, p.exports, xctx, ds, cfg)
             timings["export_s"] += time.perf_counter() - t
 
+            if p.remote is not None:
+                final, within, run = None, None, None
+                log(f"{target} not timed here; on the device run `nas2deploy build-engine "
+                    f"BUNDLE` and `nas2deploy measure BUNDLE` for the verdict")
+                break
             log(f"measuring the exported model on {target}")
             run = runner_for(subnet, target, tmp, xctx.artifacts)
             final = measure(run, random_input(shape, cfg.seed), batch=target.batch,
@@ -312,8 +363,8 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             log(f"over budget; shrinking to x{width:g} and retraining")
             subnet = scaled(base, width)
         top1 = accuracy(subnet, ds.x_test, ds.y_test)
-        runtime_top1 = _runtime_top1(run, ds, target.batch)
-        arch_final.metadata["measured_p50_ms"] = final.p50_ms
+        runtime_top1 = _runtime_top1(run, ds, target.batch) if run is not None else None
+        arch_final.metadata["measured_p50_ms"] = final.p50_ms if final else None
 
         files = {"architecture": "architecture.json", "weights": "model.safetensors",
                  "report": "report.md", "manifest": MANIFEST}
@@ -335,20 +386,25 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             "target": target.to_dict(),
             "latency": {
                 "budget_ms": budget, "budget_source": budget_source,
-                "reference": {"largest_p50_ms": rep_large.p50_ms,
-                              "smallest_p50_ms": rep_small.p50_ms, "min_width": cfg.min_width},
+                "reference": {"largest_p50_ms": large_ms, "smallest_p50_ms": small_ms,
+                              "how": how, "min_width": cfg.min_width},
                 "latency_model": {**lat_model.describe(), "kind": cfg.latency_model,
                                   "closed_loop_correction": correction},
                 "predicted_ms": arch_final.metadata["predicted_ms"],
-                "measured": _report_dict(final), "within_budget": within,
-                "ratio_to_budget": final.p50_ms / budget, "rounds": rounds,
+                "measured": _report_dict(final) if final else None, "within_budget": within,
+                "ratio_to_budget": final.p50_ms / budget if final else None, "rounds": rounds,
+                "verdict": ("measured on the target here" if final else
+                            f"not measured: {p.remote}; run `nas2deploy measure BUNDLE` on the "
+                            f"device (exit 3 there if over budget)"),
+                **({"table": cfg.lut} if cfg.lut else {}),
             },
             "parity": verification["parity"],
             "precision": verification["precision"],
             "accuracy": {"top1": top1, "split": "test", "samples": len(ds.y_test),
                          "runtime_top1": runtime_top1, "runtime": target.runtime},
             "model": {"params": count_params(subnet), "macs": count_macs(subnet, example),
-                      "width_multiplier": width, "nodes": len(arch_final.network["nodes"])},
+                      "width_multiplier": width, "nodes": len(arch_final.network["nodes"]),
+                      "prune_further_level": level},
             "search": {"epochs": epochs, "history": ctx.history},
             "retrain": {"from": cfg.retrain_from, "epochs": cfg.retrain_epochs,
                         "history": history_retrain},
@@ -423,7 +479,7 @@ def _verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Datas
                               for i in range(0, n_test, batch)])
         agreement = float((got == ref_top1.numpy()).mean())
         acc = float((got == ds.y_test[:n_test].numpy()).mean())
-        drop = 100.0 * (ref_acc - acc)
+        drop = 100.0 * (ref_acc - acc) or 0.0  # no "-0.00 points"
         parity[name] = {"verified": True, "top1_agreement": agreement, "top1": acc,
                         "reference_top1": ref_acc, "accuracy_drop_points": drop,
                         "samples": n_test, "inputs": "test split",

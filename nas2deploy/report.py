@@ -97,7 +97,8 @@ def draw_curves(manifest: dict[str, Any], path: Path) -> None:
     ax = axes[3]
     rounds = lat["rounds"]
     idx = [r["round"] for r in rounds]
-    ax.plot(idx, [r["measured_p50_ms"] for r in rounds], "o-", label="measured p50")
+    ax.plot(idx, [float("nan") if r["measured_p50_ms"] is None else r["measured_p50_ms"]
+                  for r in rounds], "o-", label="measured p50")
     ax.plot(idx, [r["predicted_ms"] for r in rounds], "x--", label="predicted")
     ax.axhline(lat["budget_ms"], color="red", ls="--", label="budget")
     ax.set(xlabel="round", ylabel="ms", title="closed loop on the target")
@@ -113,24 +114,33 @@ def write_report(bundle: Path, manifest: dict[str, Any], arch: Architecture) -> 
     draw_curves(manifest, bundle / "curves.png")
     lat, acc, model = manifest["latency"], manifest["accuracy"], manifest["model"]
     t = manifest["target"]
-    verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
+    where = (f"{t['runtime']}:{t['device']}:{t['precision']}, batch {t['batch']}, "
+             f"{t['threads']} thread(s)")
+    measured = lat["measured"]
+    if measured:
+        verdict = "within budget" if lat["within_budget"] else "OVER BUDGET"
+        head = (f"**Verdict: {verdict}**: measured p50 {measured['p50_ms']:.4f} ms vs budget "
+                f"{lat['budget_ms']:.4f} ms ({lat['ratio_to_budget']:.2f}) on {where}.")
+    else:
+        head = (f"**Verdict: not measured here**: predicted {lat['predicted_ms']:.4f} ms vs budget "
+                f"{lat['budget_ms']:.4f} ms on {where}; {lat['verdict']}.")
     lines = [
         f"# nas2deploy report: {manifest['method']['name']} on {manifest['dataset']['name']}",
-        "",
-        f"**Verdict: {verdict}**: measured p50 {lat['measured']['p50_ms']:.4f} ms vs budget "
-        f"{lat['budget_ms']:.4f} ms ({lat['ratio_to_budget']:.2f}) on "
-        f"{t['runtime']}:{t['device']}:{t['precision']}, batch {t['batch']}, {t['threads']} thread(s).",
-        "",
+        "", head, "",
         "| | |", "|---|---|",
         f"| test top-1 (PyTorch) | {acc['top1']:.4f} on {acc['samples']} images |",
-        f"| test top-1 ({acc['runtime']}) | {acc['runtime_top1']:.4f} |",
+    ]
+    if acc["runtime_top1"] is not None:
+        lines.append(f"| test top-1 ({acc['runtime']}) | {acc['runtime_top1']:.4f} |")
+    lines += [
         f"| params / MACs | {model['params']:,} / {model['macs']:,} |",
         f"| width multiplier | {model['width_multiplier']:g} |",
         f"| predicted latency | {lat['predicted_ms']:.4f} ms ({lat['latency_model']['name']} model) |",
-        f"| measured p50 / p90 | {lat['measured']['p50_ms']:.4f} / {lat['measured']['p90_ms']:.4f} ms "
-        f"({lat['measured']['runs']} runs) |",
-        f"| budget | {lat['budget_ms']:.4f} ms ({lat['budget_source']}) |",
     ]
+    if measured:
+        lines.append(f"| measured p50 / p90 | {measured['p50_ms']:.4f} / {measured['p90_ms']:.4f} "
+                     f"ms ({measured['runs']} runs) |")
+    lines.append(f"| budget | {lat['budget_ms']:.4f} ms ({lat['budget_source']}) |")
     for fmt, p in manifest["parity"].items():
         if not p.get("verified", True):
             check = f"not verified here: {p.get('reason', '')}"
@@ -144,14 +154,15 @@ def write_report(bundle: Path, manifest: dict[str, Any], arch: Architecture) -> 
     if quant:
         lines.append(f"| int8 quantization | {quant['method']}; calibrated on "
                      f"{quant['calibration_samples']} images ({quant['calibration_source']}) |")
-    lines += ["", "Timing protocol: " + lat["measured"]["protocol"], "",
+    lines += ["", "Timing protocol: " + (measured["protocol"] if measured else "not timed here"), "",
               "## Closed-loop rounds", "",
               "| round | stage | width | predicted ms | measured p50 ms | within |",
               "|---|---|---|---|---|---|"]
     for r in lat["rounds"]:
+        got = "-" if r["measured_p50_ms"] is None else f"{r['measured_p50_ms']:.4f}"
+        ok = {True: "yes", False: "no"}.get(r["within_budget"], "-")
         lines.append(f"| {r['round']} | {r['stage']} | {r['width_multiplier']:g} | "
-                     f"{r['predicted_ms']:.4f} | {r['measured_p50_ms']:.4f} | "
-                     f"{'yes' if r['within_budget'] else 'no'} |")
+                     f"{r['predicted_ms']:.4f} | {got} | {ok} |")
     lines += ["", "## Architecture", "", "![architecture](architecture.png)", "",
               "## Search and retraining curves", "", "![curves](curves.png)", ""]
     (bundle / "report.md").write_text("\n".join(lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,22 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle:
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for i in range(0, n, batch_size):
         yield order[i:i + batch_size]
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN
+    cannot normalise a batch of one)."""
+    order = torch.randperm(n, generator=gen)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+def cycle_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """``epoch_batches`` pass after pass, for a second data split stepped alongside the first."""
+    while True:
+        yield from epoch_batches(n, batch_size, gen)
 
 
 @torch.no_grad()

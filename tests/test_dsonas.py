@@ -487,3 +487,33 @@ def test_sample_gives_varied_valid_subnets_without_touching_the_supernet():
         assert materialize(arch)(torch.randn(1, 1, 8, 8)).shape == (1, 2)
     assert len(sizes) > 3
     assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
+
+
+def test_prune_further_removes_the_weakest_edges_level_by_level():
+    method, net = tiny()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > 0.3))
+    before = [p.detach().clone() for p in net.arch_parameters()]
+    decided = method.decide(net)
+    sizes, macs_prev = [len(decided.network["nodes"])], None
+    level = 1
+    while (a := method.prune_further(net, level)) is not None:
+        assert a.space == decided.space and f"level {level}" in a.decisions["note"]
+        g = materialize(a)
+        assert g(torch.randn(2, 1, 8, 8)).shape == (2, 2)
+        sizes.append(len(a.network["nodes"]))
+        macs = sum(p.numel() for p in g.parameters())
+        assert macs_prev is None or macs <= macs_prev
+        macs_prev = macs
+        level += 1
+    assert 2 <= level <= 5  # PRUNE_STEP 0.25: at most four levels reach every alive edge
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
+    assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
+    with torch.no_grad():  # nothing alive in the normal blocks: no lever left
+        for blk in net.units:
+            if isinstance(blk, NormalBlock):
+                for t in [*blk.lam_in, blk.lam_out]:
+                    t.zero_()
+    assert method.prune_further(net, 1) is None

@@ -410,6 +410,68 @@ def test_cli_measure_of_a_bundle_without_the_tensorrt_artifact(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# searching here for a device this machine cannot run (the Jetson workflow's step 2)
+
+TINY_DSONAS = {"levels": 1, "ops": ["sep3"], "stages": 1, "blocks_per_stage": 1, "base_width": 4}
+
+
+@pytest.fixture
+def device_table(tmp_path, monkeypatch):
+    """A latency table as `nas2deploy lut build --target tensorrt:cuda:fp16` writes it on the
+    device. No device here: the entries are really measured (onnxruntime, this CPU) and the table
+    is then labelled as the device's, which is all the workstation side reads of it."""
+    from nas2deploy import lut
+
+    monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "cache"))
+    path = lut.build_table_cli("dsonas", "onnxruntime:cpu", 8, tmp_path / "measured.json", None,
+                               method_options=TINY_DSONAS, grid=(0.5, 1.0))
+    d = json.loads(Path(path).read_text())
+    d["meta"]["target"].update(runtime="tensorrt", device="cuda", precision="fp16")
+    out = tmp_path / "jetson.lut.json"
+    out.write_text(json.dumps(d))
+    return out
+
+
+@pytest.mark.skipif(CAN_BUILD_HERE, reason="TensorRT and a GPU are here: the target is timed here")
+def test_search_for_a_device_target_steers_by_its_table(tmp_path, device_table):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('method = "dsonas"\ninput-size = 8\nsearch-epochs = 1\nretrain-epochs = 1\n'
+                   'target = "tensorrt:cuda:fp16"\nexport = "onnx,tensorrt"\nlatency-fraction = 0.95\n'
+                   '[method-options]\nlevels = 1\nops = ["sep3"]\nstages = 1\n'
+                   'blocks_per_stage = 1\nbase_width = 4\n')
+    out = tmp_path / "bundle"
+    res = CliRunner().invoke(main, ["search-and-export", "--config", str(cfg), "--out", str(out),
+                                    "--quiet"])
+    assert_one_line_error(res, 2, "cannot be timed on this machine", "nas2deploy lut build",
+                          "--lut FILE")
+    assert not out.exists()
+
+    res = CliRunner().invoke(main, ["search-and-export", "--config", str(cfg), "--out", str(out),
+                                    "--quiet", "--lut", str(device_table), "--json"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(out)
+    lat = m["latency"]
+    assert lat["within_budget"] is None and lat["measured"] is None
+    assert "nas2deploy measure" in lat["verdict"] and lat["table"] == str(device_table)
+    assert lat["latency_model"]["kind"] == "lut"
+    assert "predicted by the device's table" in lat["budget_source"]
+    assert [r["measured_p50_ms"] for r in lat["rounds"]] == [None]
+    assert m["parity"]["onnx"]["verified"] and not m["parity"]["tensorrt"]["verified"]
+    assert (out / "tensorrt" / "build_engine.sh").is_file()
+    assert "not measured here" in (out / "report.md").read_text()
+    assert "unverified" in res.output
+
+    # a table from another target is refused by name
+    d = json.loads(device_table.read_text())
+    d["meta"]["target"]["precision"] = "fp32"
+    wrong = tmp_path / "fp32.lut.json"
+    wrong.write_text(json.dumps(d))
+    res = CliRunner().invoke(main, ["search-and-export", "--config", str(cfg), "--out",
+                                    str(tmp_path / "b2"), "--quiet", "--lut", str(wrong)])
+    assert_one_line_error(res, 2, "was measured for target")
+
+
+# --------------------------------------------------------------------------------------------
 # the real thing: TensorRT and a CUDA GPU
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas2deploy.train import epoch_batches
+
 from .config import PAPER_ARCH_LR, PAPER_ARCH_STEPS, PAPER_BATCH, PAPER_LR, DenseNASConfig
 from .derive import Choice, build_spec, choice_cost, expected_cost, viterbi_choice
 from .space import CostTable, DenseNASSupernet, Layout, macs
@@ -104,14 +106,6 @@ def latency_penalty(cost: torch.Tensor, cfg: DenseNASConfig, budget: float | Non
 
 # ------------------------------------------------------------------------------------------
 # the loop
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=gen)
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        out.pop()  # a batch of one breaks train-mode BN
-    return out
 
 
 def _cl(x: torch.Tensor) -> torch.Tensor:
@@ -260,8 +254,8 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     epochs = int(ctx.epochs)
     n_warm = split_epochs(epochs, cfg.warmup_fraction)
     select_start = min(epochs - 1, max(n_warm, int(math.floor(cfg.select_from * epochs))))
-    nw = len(_batches(len(data.x_weights), bs, torch.Generator().manual_seed(0)))
-    na = len(_batches(len(data.x_arch), bs, torch.Generator().manual_seed(0)))
+    nw = len(epoch_batches(len(data.x_weights), bs, torch.Generator().manual_seed(0)))
+    na = len(epoch_batches(len(data.x_arch), bs, torch.Generator().manual_seed(0)))
     searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs)
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
@@ -282,14 +276,14 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
             t0 = time.perf_counter()
             a_losses, a_costs = [], []
             if phase == "search":
-                for idx in _batches(len(data.x_arch), bs, gen_a):
+                for idx in epoch_batches(len(data.x_arch), bs, gen_a):
                     loss, c = searcher.arch_step(_cl(data.x_arch[idx]), data.y_arch[idx])
                     a_losses.append(loss)
                     a_costs.append(c)
                     if bar is not None:
                         bar.update(1)
             w_losses = []
-            for idx in _batches(len(data.x_weights), bs, gen_w):
+            for idx in epoch_batches(len(data.x_weights), bs, gen_w):
                 w_losses.append(searcher.weight_step(_cl(data.x_weights[idx]), data.y_weights[idx],
                                                      uniform=phase == "warmup"))
                 if bar is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, ClassVar
 
@@ -16,6 +17,34 @@ from .config import DSONASConfig
 from .derive import derive, uniform_lambdas
 from .search import run_search
 from .space import DSONASSupernet
+
+
+# Share of the alive normal-block edges that each prune_further level removes (cumulative).
+PRUNE_STEP = 0.25
+
+
+def _normal_values(lam: list[Any]) -> list[float]:
+    out: list[float] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, (list, tuple)):
+            for item in x:
+                walk(item)
+        else:
+            out.append(float(x))
+
+    for entry in lam:
+        if isinstance(entry, tuple):  # a normal block: (lam_in per level, lam_out)
+            walk(entry)
+    return out
+
+
+def _zero_below(x: Any, cut: float) -> Any:
+    if isinstance(x, tuple):
+        return tuple(_zero_below(i, cut) for i in x)
+    if isinstance(x, list):
+        return [_zero_below(i, cut) for i in x]
+    return 0.0 if abs(x) <= cut else x
 
 
 class DSONAS(SearchMethod):
@@ -92,6 +121,25 @@ class DSONAS(SearchMethod):
     def decide(self, supernet: nn.Module) -> Architecture:
         net = self._check(supernet)
         return self._arch(net, net.lambda_values(), keep_scales=self.config.keep_scales)
+
+    def prune_further(self, supernet: nn.Module, level: int) -> Architecture | None:
+        """``decide`` with the weakest ``PRUNE_STEP * level`` of the alive normal-block edges (by
+        |λ|) zeroed as well: the ℓ1 path continued by thresholding, the same order in which more
+        proximal steps would have removed them. Reduction units are left as decided. None when
+        nothing more would go."""
+        net = self._check(supernet)
+        lam = net.lambda_values()
+        alive = sorted(abs(v) for v in _normal_values(lam) if v != 0)
+        if not alive or level < 1:
+            return None
+        k = min(len(alive), math.ceil(len(alive) * PRUNE_STEP * level))
+        if level > 1 and k == min(len(alive), math.ceil(len(alive) * PRUNE_STEP * (level - 1))):
+            return None
+        cut = alive[k - 1]
+        sparser = [_zero_below(entry, cut) if isinstance(entry, tuple) else entry for entry in lam]
+        return self._arch(net, sparser, keep_scales=self.config.keep_scales,
+                          note=f"decided, then the weakest {k} of {len(alive)} alive normal-block "
+                               f"edges removed (|λ| <= {cut:.4g}): prune_further level {level}")
 
     def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
         net = self._check(supernet)

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from nas2deploy.train import cycle_batches, epoch_batches
 
 from .config import DSONASConfig
 from .derive import alive_masks, zero_dead_edges
 from .prox import APGNAG
 from .space import DSONASSupernet, edge_costs
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN)."""
-    order = torch.randperm(n, generator=gen)
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        out.pop()
-    return out
-
-
-def _cycle(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    while True:
-        yield from _batches(n, batch_size, gen)
 
 
 class Searcher:
@@ -170,14 +158,14 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
     searcher = Searcher(supernet, cfg)
     n_pre, n_search = split_epochs(int(ctx.epochs), cfg.pretrain_fraction)
     total_edges = sum(p.numel() for p in searcher.a_params)
-    a_batches = _cycle(len(data.x_arch), bs, gen_a)
+    a_batches = cycle_batches(len(data.x_arch), bs, gen_a)
     search_w_steps = 0  # W steps since the search phase began: every k-th is followed by a λ step
     ctx.log(f"dsonas: {n_pre} pre-train + {n_search} search epochs, {total_edges} edges, "
             f"gamma {cfg.gamma:g} ({cfg.adaptive_cost})")
 
     for epoch in range(n_pre + n_search):
         phase = "pretrain" if epoch < n_pre else "search"
-        batches = _batches(len(data.x_weights), bs, gen_w)
+        batches = epoch_batches(len(data.x_weights), bs, gen_w)
         bar = ctx.progress(total=len(batches), desc=f"dsonas {phase} {epoch + 1}/{n_pre + n_search}") \
             if ctx.progress is not None else None
         t0 = time.perf_counter()

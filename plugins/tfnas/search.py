@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from nas2deploy.train import cycle_batches, epoch_batches
 
 from .config import TFNASConfig
 from .cost import CostTable
@@ -117,20 +119,6 @@ def elastic_step(net: TFNASSupernet, table: CostTable, target: float,
 
 # --------------------------------------------------------------------------------------------
 # the steps
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN)."""
-    order = torch.randperm(n, generator=gen)
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        out.pop()
-    return out
-
-
-def _cycle(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    while True:
-        yield from _batches(n, batch_size, gen)
 
 
 class Searcher:
@@ -259,9 +247,9 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
     table = method.cost_table(net, ctx.latency_model)
     target = cfg.target_fraction * float(ctx.budget_ms) if ctx.budget_ms else None
     net.cost_table, net.target_ms = table, target
-    n_batches = len(_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
+    n_batches = len(epoch_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
     searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
-    a_batches = _cycle(len(data.x_arch), bs, gen_a)
+    a_batches = cycle_batches(len(data.x_arch), bs, gen_a)
     ctx.log(f"tfnas: {n_warm} warm-up + {n_search} search epochs, {len(net.layout.blocks)} blocks "
             f"x {net.alpha.shape[1]} ops, target T = {target if target is None else round(target, 4)} "
             f"({cfg.target_fraction:g} x budget; costs: {table.source})")
@@ -277,7 +265,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
             costs = table.op_cost_matrix(net.mids()) if (not warm and target) else None
             w_losses: list[float] = []
             a_rows: list[dict[str, float]] = []
-            for i, idx in enumerate(_batches(len(data.x_weights), bs, gen_w)):
+            for i, idx in enumerate(epoch_batches(len(data.x_weights), bs, gen_w)):
                 w_losses.append(searcher.weight_step(data.x_weights[idx], data.y_weights[idx],
                                                      bisample=not warm))
                 if not warm and (i + 1) % cfg.w_steps_per_arch_step == 0:
