@@ -171,25 +171,38 @@ def test_verification_passes_and_fails_on_real_quantized_models(trained, data, t
         _verify(trained, ["onnx"], ctx, data, cfg)
 
 
-def test_int8_end_to_end_manifest(random_plugin, tiny_random_config, tmp_path):
+@pytest.mark.openvino
+@pytest.mark.parametrize("target", ["onnxruntime:cpu:int8", "openvino:cpu:int8",
+                                    "openvino:cpu:fp16"])
+def test_reduced_precision_end_to_end_manifest(random_plugin, tiny_random_config, tmp_path,
+                                                target):
     out = tmp_path / "b"
     res = CliRunner().invoke(main, ["search-and-export", "--config", str(tiny_random_config),
-                                    "--target", "onnxruntime:cpu:int8", "--out", str(out),
-                                    "--quiet", "--latency-fraction", "0.9",
+                                    "--target", target, "--export", "onnx,openvino",
+                                    "--out", str(out), "--quiet", "--latency-fraction", "0.9",
                                     "--calibration-samples", "128", "--min-agreement", "0.9",
                                     "--max-accuracy-drop", "5"],
                              catch_exceptions=False)
     assert res.exit_code in (0, 3), res.output
     m = json.loads((out / "manifest.json").read_text())
-    assert m["target"]["precision"] == "int8"
-    assert m["precision"]["quantization"]["calibration_samples"] == 128
-    assert m["precision"]["min_agreement"] == 0.9
-    p = m["parity"]["onnx"]
-    assert p["top1_agreement"] >= 0.9 and "accuracy_drop_points" in p
-    assert m["artifacts"]["onnx"]["files"]["model"] == "model.int8.onnx"
-    assert (out / "model.int8.onnx").is_file() and (out / "model.onnx").is_file()
-    assert "int8 quantization" in (out / "report.md").read_text()
-    assert "top-1 agreement" in res.output
+    precision = target.rsplit(":", 1)[1]
+    assert m["target"]["precision"] == precision
+    assert m["precision"]["precision"] == precision and m["precision"]["min_agreement"] == 0.9
+    for name in ("onnx", "openvino"):
+        p = m["parity"][name]
+        assert p["verified"] and p["top1_agreement"] >= 0.9 and p["accuracy_drop_points"] <= 5
+        assert p["samples"] == m["accuracy"]["samples"] and "max_abs_diff" not in p
+    report = (out / "report.md").read_text()
+    if precision == "int8":
+        assert m["precision"]["quantization"]["calibration_samples"] == 128
+        assert m["artifacts"]["onnx"]["files"]["model"] == "model.int8.onnx"
+        assert m["artifacts"]["openvino"]["info"]["source"] == "model.int8.onnx"
+        assert (out / "model.int8.onnx").is_file() and (out / "model.onnx").is_file()
+        assert "int8 quantization" in report
+    else:
+        assert "quantization" not in m["precision"]
+        assert m["artifacts"]["openvino"]["info"]["inference_precision"] == "f16"
+    assert "top-1 agreement" in res.output and "top-1 agreement" in report
 
 
 @pytest.mark.parametrize("args,needle", [
