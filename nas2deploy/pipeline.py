@@ -92,16 +92,21 @@ def plan(cfg: RunConfig) -> Plan:
     target = Target.parse(cfg.target, batch=cfg.batch, threads=cfg.threads)
     check_target_device(target)
     method = registry.methods.get(cfg.method)(cfg.method_options)
-    if target.precision == "int8" and cfg.latency_model != "flops":
-        raise UsageError("latency tables are measured in fp32 and fp16 only; search an int8 "
-                         "target with --latency-model flops (its anchors are int8 subnets "
-                         "measured on the target, and every round is measured in int8)")
     runtime_exporter = exporter_for_runtime(target.runtime)
     wanted = list(dict.fromkeys(cfg.export + ([runtime_exporter] if runtime_exporter else [])))
     exports = resolve_chain(wanted)
     remote = None
     if runtime_exporter is not None:
         remote = registry.exporters.get(runtime_exporter).not_runnable_reason()
+    if target.precision == "int8" and remote is not None:
+        raise UsageError(f"target {target} cannot be searched on this machine "
+                         f"({remote.split(';')[0]}): an int8 search measures int8 candidates on "
+                         f"the target, and latency tables are fp32/fp16 only; run the search on "
+                         f"the device")
+    if target.precision == "int8" and cfg.latency_model != "flops":
+        raise UsageError("latency tables are measured in fp32 and fp16 only; search an int8 "
+                         "target with --latency-model flops (its anchors are int8 subnets "
+                         "measured on the target, and every round is measured in int8)")
     if remote is not None:
         if cfg.lut is None or cfg.latency_model != "lut":
             raise UsageError(

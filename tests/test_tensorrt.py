@@ -461,6 +461,12 @@ def test_search_for_a_device_target_steers_by_its_table(tmp_path, device_table):
     assert "not measured here" in (out / "report.md").read_text()
     assert "unverified" in res.output
 
+    # int8 needs int8 candidates measured on the device: refused here with the reason
+    res = CliRunner().invoke(main, ["search-and-export", "--config", str(cfg), "--out",
+                                    str(tmp_path / "b3"), "--quiet", "--target",
+                                    "tensorrt:cuda:int8", "--lut", str(device_table)])
+    assert_one_line_error(res, 2, "cannot be searched on this machine", "run the search on the device")
+
     # a table from another target is refused by name
     d = json.loads(device_table.read_text())
     d["meta"]["target"]["precision"] = "fp32"
