@@ -304,15 +304,20 @@ def _tensorrt_missing() -> str | None:
     return None
 
 
-def check_target(target: Target) -> None:
-    """UnavailableError unless ``target`` can be measured on this machine."""
-    from .runtime import check_target_device, exporter_for_runtime
-
+def check_precision(target: Target) -> None:
+    """UsageError for a precision tables are not measured at."""
     if target.precision == "int8":
         # Each op would need its own calibrated Q/DQ export with the Q/DQ of its neighbours,
         # which the per-op export path does not build (yet).
         raise UsageError("latency tables are measured at fp32 and fp16; int8 targets are searched "
                          "with --latency-model flops, whose anchors and rounds are measured in int8")
+
+
+def check_target(target: Target) -> None:
+    """UsageError/UnavailableError unless a table for ``target`` can be measured here."""
+    from .runtime import check_target_device, exporter_for_runtime
+
+    check_precision(target)
 
     if target.runtime == "tensorrt":
         reason = _tensorrt_missing()

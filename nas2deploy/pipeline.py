@@ -103,10 +103,10 @@ def plan(cfg: RunConfig) -> Plan:
                          f"({remote.split(';')[0]}): an int8 search measures int8 candidates on "
                          f"the target, and latency tables are fp32/fp16 only; run the search on "
                          f"the device")
-    if target.precision == "int8" and cfg.latency_model != "flops":
-        raise UsageError("latency tables are measured in fp32 and fp16 only; search an int8 "
-                         "target with --latency-model flops (its anchors are int8 subnets "
-                         "measured on the target, and every round is measured in int8)")
+    if cfg.latency_model != "flops":
+        from .lut import check_precision
+
+        check_precision(target)
     if remote is not None:
         if cfg.lut is None or cfg.latency_model != "lut":
             raise UsageError(
@@ -467,10 +467,9 @@ def _verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Datas
         if "quantization" in onnx_info:
             precision["quantization"] = onnx_info["quantization"]
     n_test = len(ds.x_test) // batch * batch
-    with torch.no_grad():
-        ref_logits = subnet.eval()(ds.x_test[:n_test])
-    ref_top1 = ref_logits.argmax(1)
-    ref_acc = float((ref_top1 == ds.y_test[:n_test]).float().mean())
+    if target.precision != "fp32":  # the reference of the agreement check, once for all runtimes
+        ref_top1 = predict(subnet, ds.x_test[:n_test]).argmax(1)
+        ref_acc = float((ref_top1 == ds.y_test[:n_test]).float().mean())
     for name in exports:
         exporter = registry.exporters.get(name)()
         art = xctx.artifacts[name]

@@ -17,6 +17,19 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle:
         yield order[i:i + batch_size]
 
 
+def split_epochs(total: int, fraction: float) -> tuple[int, int]:
+    """(first-phase epochs, search epochs) of a budget of ``total`` epochs, the first phase being
+    ``fraction`` of it (pre-training, warm-up): at least one search epoch, and at least one
+    first-phase epoch when ``fraction`` > 0 and the budget has room for both."""
+    if total <= 0:
+        return 0, 0
+    first = int(math.floor(fraction * total + 0.5))
+    if fraction > 0 and total >= 2:
+        first = max(first, 1)
+    first = min(first, total - 1)
+    return first, total - first
+
+
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN
     cannot normalise a batch of one)."""

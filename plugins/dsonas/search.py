@@ -8,14 +8,13 @@ proximal ℓ1 step. Pre-training uses the W split only.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from nas2deploy.train import cycle_batches, epoch_batches
+from nas2deploy.train import accuracy, cycle_batches, epoch_batches, split_epochs
 
 from .config import DSONASConfig
 from .derive import alive_masks, zero_dead_edges
@@ -91,18 +90,6 @@ class Searcher:
         return n
 
 
-def split_epochs(total: int, fraction: float) -> tuple[int, int]:
-    """(pre-train epochs, search epochs) of a budget of ``total``: at least one search epoch, and
-    at least one pre-train epoch when ``fraction`` > 0 and the budget has room for both."""
-    if total <= 0:
-        return 0, 0
-    pre = int(math.floor(fraction * total + 0.5))
-    if fraction > 0 and total >= 2:
-        pre = max(pre, 1)
-    pre = min(pre, total - 1)
-    return pre, total - pre
-
-
 @torch.no_grad()
 def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_images: int = 256) -> None:
     """Re-estimate every BN's running mean/var from (at most ``max_images`` of) ``x``.
@@ -130,20 +117,6 @@ def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_i
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         net.train(was)
-
-
-@torch.no_grad()
-def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    if len(x) == 0:
-        return float("nan")
-    was = net.training
-    net.eval()
-    try:
-        correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                      for i in range(0, len(x), batch))
-    finally:
-        net.train(was)
-    return correct / len(x)
 
 
 def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas2deploy.train import cycle_batches, epoch_batches
+from nas2deploy.train import cycle_batches, epoch_batches, split_epochs
 
 from .config import TFNASConfig
 from .cost import CostTable
@@ -59,18 +59,6 @@ def soft_gumbel(alpha: torch.Tensor, tau: float, gen: torch.Generator | None = N
 
 # --------------------------------------------------------------------------------------------
 # schedule
-
-
-def split_epochs(total: int, fraction: float) -> tuple[int, int]:
-    """(warm-up epochs, search epochs): at least one search epoch, and at least one warm-up
-    epoch when ``fraction`` > 0 and the budget has room for both."""
-    if total <= 0:
-        return 0, 0
-    warm = int(math.floor(fraction * total + 0.5))
-    if fraction > 0 and total >= 2:
-        warm = max(warm, 1)
-    warm = min(warm, total - 1)
-    return warm, total - warm
 
 
 def temperature(cfg: TFNASConfig, search_epoch: int, n_search: int) -> float:
