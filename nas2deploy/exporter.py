@@ -46,6 +46,10 @@ class ExportContext:
     # Real training images for int8 calibration (NCHW, normalised like ``example``). None means
     # the artifact is only a latency probe: exporters may calibrate on random inputs and say so.
     calibration: torch.Tensor | None = None
+    # True: the artifact is only timed (closed-loop candidates, latency tables, the budget's
+    # reference nets) and thrown away. An exporter may then take a faster path that yields the
+    # same graph; the bundle's own artifact never does.
+    probe: bool = False
 
 
 class Exporter(ABC):

@@ -10,18 +10,19 @@ never by position (METHODS.md §2.7 pitfall 3), and stored as JSON with the meta
 know what they mean (runtime and version, device, CPU/GPU, threads, batch, precision, protocol,
 date, width grid, interpolation, space fingerprint).
 
-Why the legacy TorchScript ONNX exporter is used for the ops: torch's dynamo exporter costs 1–3 s
+Why the ops are exported as latency probes (``ExportContext.probe``: the ONNX exporter then uses
+the legacy TorchScript exporter): torch's dynamo exporter costs 1–3 s
 per model, the legacy one ~0.1 s. Exporting a multi-output wrapper once would be cheaper still,
 but then the ops would be timed together, not alone. For per-op timing the exporter does not
 matter as long as the runtime ends up running the same kernels: both exporters emit the same
 ONNX operators for this op vocabulary (Conv, BatchNormalization or a folded Conv, Relu, MaxPool,
-AveragePool, Add, Mul, ReduceMean, Gemm/MatMul), opset 17 vs 18 changes none of them, and
+AveragePool, Add, Mul, ReduceMean, Gemm/MatMul) at the same opset, and
 onnxruntime and OpenVINO both fold BatchNorm into the conv and fuse activations at load time,
 so the optimised graph they execute is the same. Only the export step is replaced: the file is
 loaded by the registered exporters' own ``runner()`` (and, for OpenVINO, converted by its own
 ``export()``), so session options, threads, precision hints and static shapes are exactly those
-of deployment. ``fast_export=False`` uses the registered (dynamo) exporter for every op instead.
-Whole networks (calibration, benchmarks) are always exported with the registered exporters.
+of deployment. ``fast_export=False`` exports every op as a bundle is exported (dynamo) instead.
+Whole networks for calibration are exported as bundles are, unless ``fast_export`` is asked for.
 
 Timing (``TableProtocol``): ops are loaded in chunks (a shuffled mix of types, ~200 ops: a
 loaded OpenVINO model holds threads) and each chunk is timed **interleaved**: in each of
@@ -331,20 +332,6 @@ def check_target(target: Target) -> None:
     exporter_for_runtime(target.runtime)
 
 
-def _legacy_onnx(model: nn.Module, x: torch.Tensor, folder: Path, *, dynamic_batch: bool) -> Artifact:
-    """model.onnx in ``folder`` by the TorchScript exporter (~0.1 s), laid out as the registered
-    ``onnx`` exporter lays out its artifact, so the runtime's own runner loads it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["logits"], dynamic_axes=axes)
-    return Artifact("onnx", {"model": "model.onnx"},
-                    info={"exporter": "torch.onnx.export(dynamo=False)", "opset": 17})
-
-
 class RunnerFactory:
     """Loads models into the target runtime the way deployment does, one folder per model."""
 
@@ -360,13 +347,9 @@ class RunnerFactory:
     def describe(self) -> str:
         if self.final is None:
             return "eager PyTorch (torch_runner)"
-        steps = []
-        for name in self.chain:
-            if name == "onnx" and self.fast_export:
-                steps.append("torch.onnx.export(dynamo=False)")
-            else:
-                steps.append(f"exporter {name!r}")
-        return " -> ".join(steps) + f"; runner of exporter {self.final!r}"
+        steps = [f"exporter {name!r}" for name in self.chain]
+        probe = " (as latency probes: the ONNX step by the TorchScript exporter)" if self.fast_export else ""
+        return " -> ".join(steps) + f"{probe}; runner of exporter {self.final!r}"
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> Runner:
         model = model.eval()
@@ -374,13 +357,10 @@ class RunnerFactory:
             return torch_runner(model, self.target.threads, self.target.device)
         folder = self.workdir / f"m{self.count:05d}"
         self.count += 1
-        ctx = ExportContext(folder, x, self.target, {})
+        ctx = ExportContext(folder, x, self.target, {}, probe=self.fast_export)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in self.chain:
-            if name == "onnx" and self.fast_export:
-                ctx.artifacts[name] = _legacy_onnx(model, x, folder, dynamic_batch=True)
-            else:
-                folder.mkdir(parents=True, exist_ok=True)
-                ctx.artifacts[name] = registry.exporters.get(name)().export(model, ctx)
+            ctx.artifacts[name] = registry.exporters.get(name)().export(model, ctx)
         return registry.exporters.get(self.final)().runner(folder, ctx.artifacts[self.final],
                                                              self.target)
 

@@ -148,6 +148,43 @@ def test_onnx_file_opset_metadata_checker(exported):
     json.dumps(art.info)  # goes into the manifest as is
 
 
+@requires_onnx
+def test_probe_export_is_the_same_graph(exported, net, x, tmp_path):
+    """A latency probe (closed-loop candidates, latency tables) is exported by the faster
+    TorchScript path; it must be the graph the bundle ships: the same ops with the same
+    attributes at the same opset, a dynamic batch, and the same outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    ctx = ExportContext(tmp_path, x, Target("onnxruntime"), {}, probe=True)
+    art = OnnxExporter().export(net, ctx)
+    assert "TorchScript" in art.info["exporter"]
+    assert "dynamo" in exported.artifacts["onnx"].info["exporter"]
+    assert art.info["opset"] == exported.artifacts["onnx"].info["opset"]
+    assert art.info["input_shape"][0] == "batch"
+
+    def ops(path):
+        """Op types, and every Conv's geometry (Constant/Identity are how each exporter spells
+        a constant; runtimes fold them at load)."""
+        graph = onnx.load(str(path)).graph
+        kinds = sorted(n.op_type for n in graph.node if n.op_type not in ("Constant", "Identity"))
+        convs = sorted(tuple(sorted((a.name, tuple(a.ints) if a.ints else a.i) for a in n.attribute
+                                    if a.name in ("kernel_shape", "strides", "pads", "group",
+                                                  "dilations")))
+                       for n in graph.node if n.op_type == "Conv")
+        return kinds, convs
+
+    probe = ops(tmp_path / art.files["model"])
+    assert probe == ops(exported.bundle_dir / exported.artifacts["onnx"].files["model"])
+    assert set(probe[0]) >= {"Conv", "Gemm", "HardSwish", "Sigmoid", "Mul", "Add", "AveragePool"}
+    xs = torch.randn(3, 1, 16, 16).numpy()
+    got = []
+    for folder, a in ((tmp_path, art), (exported.bundle_dir, exported.artifacts["onnx"])):
+        session = ort.InferenceSession(str(folder / a.files["model"]))
+        got.append(session.run(None, {session.get_inputs()[0].name: xs})[0])
+    np.testing.assert_allclose(got[0], got[1], atol=1e-5)
+
+
 def test_onnx_export_keeps_stdout_clean(exported_and_stdout):
     assert exported_and_stdout[1] == ""
 

@@ -190,7 +190,7 @@ def _check_table(table: lut.LatencyTable, method, supernet, target: Target):
 def test_build_table_onnxruntime(tiny, ort_table):
     method, supernet = tiny
     _check_table(ort_table, method, supernet, Target("onnxruntime"))
-    assert "dynamo=False" in ort_table.meta["export"]
+    assert "TorchScript" in ort_table.meta["export"]
     assert ort_table.meta["runtime_version"] == lut.runtime_version("onnxruntime")
 
 
