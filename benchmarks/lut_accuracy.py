@@ -4,8 +4,11 @@ Samples N random subnets of a space (``method.sample`` -- or random architecture
 ``decide`` for a method without one -- then ``scale_width`` at a random multiplier), predicts each
 with every model and measures each end to end on the target. The models:
 
-- ``flops``: the pipeline's FLOPs proxy, a + b·MACs through the largest and the smallest
-  (min-width) subnet measured on the target;
+- ``flops``: a + b·MACs through the largest and the smallest (min-width) subnet measured on
+  the target (the pipeline's proxy before it had a per-layer term);
+- ``flops_fit``: a + b·MACs fitted to those two and the calibration subnets;
+- ``flops_layers``: a + b·MACs + c·layers (the pipeline's ``FlopsProxy``, which the pipeline
+  refits on every network a search measures) fitted to the same networks;
 - ``lut``: the space's lookup table on the target (cached; built on first use), overhead + Σ ops;
 - ``calibrated``: that table fitted to a *separate* set of sampled subnets (another seed).
 
@@ -38,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line  # noqa: E402
 
 from nas2deploy import lut, registry  # noqa: E402
-from nas2deploy.counting import count_macs  # noqa: E402
+from nas2deploy.counting import count_layers, count_macs  # noqa: E402
 from nas2deploy.latency import FlopsProxy  # noqa: E402
 from nas2deploy.materialize import materialize, scale_width  # noqa: E402
+from nas2deploy.netspec import build_network  # noqa: E402
 from nas2deploy.method import TaskSpec  # noqa: E402
 from nas2deploy.runtime import exporter_for_runtime, export_chain, runner_for  # noqa: E402
 from nas2deploy.exporter import ExportContext  # noqa: E402
@@ -154,7 +158,9 @@ def main() -> None:
         tb = tables[str(target)]
         print(f"# table {target}: {tb.summary()}; loadavg while built "
               f"{tb.meta['load']['loadavg_1m_before']}; fetched in {time.perf_counter() - t:.0f} s")
-    evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, spreads)
+    anchor_layers = [count_layers(materialize(method.largest(supernet))),
+                     count_layers(materialize(method.smallest(supernet)))]
+    evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, spreads, anchor_layers)
 
 
 def measure_all(args, method, supernet, targets, progress):
@@ -218,10 +224,11 @@ def measure_all(args, method, supernet, targets, progress):
     return [s.spec for s in cal], [s.spec for s in test], macs, ms, spreads
 
 
-def evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, spreads) -> None:
+def evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, spreads,
+             anchor_layers) -> None:
     rows = []
     finals = []
-    print(f"{'target':<22} {'model':<11} {'MAPE %':>7} {'±10% %':>7} {'bias %':>7} {'worst %':>8} "
+    print(f"{'target':<22} {'model':<13} {'MAPE %':>7} {'±10% %':>7} {'bias %':>7} {'worst %':>8} "
           f"{'tau':>6}")
     for target in targets:
         key = str(target)
@@ -230,18 +237,25 @@ def evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, sprea
         table = tables[key]
         n_cal = len(cal_specs)
         flops = FlopsProxy([(macs[0], ms[0]), (macs[1], ms[1])])
+        # the same networks the calibrated table is fitted to: the two anchors and the cal subnets
+        layers = anchor_layers + [count_layers(build_network(sp)) for sp in cal_specs]
+        fit_points = [(macs[i], layers[i], ms[i]) for i in range(2 + n_cal)]
+        fit2 = FlopsProxy([(m, t) for m, _, t in fit_points])
+        fit3 = FlopsProxy(fit_points)
         calibrated = lut.CalibratedLUT.from_measurements(
             table, cal_specs, ms[2:2 + n_cal], info={"seed": args.seed + 10_000, "target": key})
         plain = lut.LUTModel(table)
         test_ms = ms[2 + n_cal:]
         preds = {
             "flops": [flops.a + flops.b * m for m in macs[2 + n_cal:]],
+            "flops_fit": [fit2.a + fit2.b * m for m in macs[2 + n_cal:]],
+            "flops_layers": [fit3.predict(sp) for sp in test_specs],
             "lut": [plain.predict(s) for s in test_specs],
             "calibrated": [calibrated.predict(s) for s in test_specs],
         }
         for model, p in preds.items():
             m = metrics(p, test_ms)
-            print(f"{key:<22} {model:<11} {m['mape']:>7.2f} {m['within']:>7.1f} {m['bias']:>+7.1f} "
+            print(f"{key:<22} {model:<13} {m['mape']:>7.2f} {m['within']:>7.1f} {m['bias']:>+7.1f} "
                   f"{m['worst']:>8.1f} {m['tau']:>6.3f}")
         fit = calibrated.fit
         print(f"#   {key}: {len(test_ms)} test nets, measured {test_ms.min():.4f}..{test_ms.max():.4f} "

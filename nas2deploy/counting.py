@@ -26,3 +26,9 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops() // 2)
+
+
+def count_layers(model: nn.Module) -> int:
+    """Convolutions and linear layers: the kernels a CPU runtime runs one after another (BN and
+    activations are folded or fused into them at load)."""
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())

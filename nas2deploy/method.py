@@ -48,6 +48,21 @@ class SearchContext:
     # a method appends one dict per epoch: {"epoch", "phase", "loss", ...}; plotted in the report
     history: list[dict[str, Any]] = field(default_factory=list)
     log: Callable[[str], None] = lambda msg: None
+    # measure(network_spec, weights=None) -> p50 ms of that network on the target runtime, timed
+    # as the pipeline's closed loop times its candidates (probe export, compile, time-based
+    # protocol: about 1.5 s a call on a 2-core VM). ``weights`` (state_dict names, as
+    # ``inherited_weights`` returns) are loaded first: trained weights ran a TF-NAS net ~4%
+    # slower than random ones on OpenVINO. None where the target cannot be timed on this
+    # machine (a device target searched by its table). A method may use it to correct its
+    # latency estimate while it searches; every call is recorded in ``measurements``
+    # (predicted by ``latency_model`` before the call, measured), a model that can learn
+    # (``FlopsProxy.observe``) is refitted on it, and the pipeline starts its own correction
+    # from the decided architecture's record.
+    measure: Callable[..., float] | None = None
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    # Channel counts the target runs best are multiples of this (onnxruntime's NCHWc block: 16
+    # with AVX-512, else 8; 1 elsewhere). A method that chooses widths should keep to it.
+    channel_multiple: int = 1
 
 
 @dataclass

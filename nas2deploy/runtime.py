@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +84,93 @@ def input_shape(model_input: tuple[int, int, int], batch: int) -> tuple[int, ...
     return (batch, *model_input)
 
 
+def probe_runner(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Runner:
+    """``model`` exported for ``target`` as a latency probe into ``folder``, loaded as deployed."""
+    name = exporter_for_runtime(target.runtime)
+    artifacts: dict[str, Artifact] = {}
+    if name is not None:
+        ctx = ExportContext(Path(folder), x, target, {}, probe=True)
+        export_chain(model, [name], ctx)
+        artifacts = ctx.artifacts
+    return runner_for(model, target, Path(folder), artifacts)
+
+
 def measure_model(model: nn.Module, target: Target, example_shape: tuple[int, ...],
                   protocol: Protocol = Protocol()) -> LatencyReport:
     """Export ``model`` for ``target`` into a scratch folder and time it there."""
     check_target_device(target)
     x = torch.randn(*example_shape)
     with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
-        name = exporter_for_runtime(target.runtime)
-        artifacts: dict[str, Artifact] = {}
-        if name is not None:
-            ctx = ExportContext(Path(tmp), x, target, {})
-            export_chain(model, [name], ctx)
-            artifacts = ctx.artifacts
-        run = runner_for(model, target, Path(tmp), artifacts)
+        run = probe_runner(model, target, Path(tmp), x)
         return measure(run, x.numpy(), batch=target.batch, threads=target.threads,
                        protocol=protocol)
+
+
+@dataclass
+class SideTiming:
+    p50_ms: float  # drift-corrected: raw p50 / reference p50 (same run) x the reference's p50
+    p90_ms: float
+    raw_p50_ms: float  # as timed in this run
+    raw_p90_ms: float
+    reference_p50_ms: float  # the reference, timed beside it
+    ratio: float  # raw_p50_ms / reference_p50_ms
+    runs: int
+
+
+class SideBySide:
+    """Times networks beside one reference network, interleaved round by round in one run.
+
+    A shared CPU's speed drifts by more than the window the closed loop aims into: on the 2-vCPU
+    development VM one network's p50 moved 0.135 → 0.164 ms between measurements a minute apart.
+    Networks timed beside each other drift together, so their ratio holds. A network's latency
+    is reported as its ratio to the reference times ``reference_ms`` (the reference's p50 when
+    the budget was set): what it would have measured then. ``seconds``: timed calls per network
+    per measurement, in 21 interleaved rounds.
+    """
+
+    ROUNDS = 21
+
+    def __init__(self, reference: nn.Module, target: Target, example_shape: tuple[int, ...],
+                 reference_ms: float, seconds: float = 1.0):
+        check_target_device(target)
+        self.target, self.reference_ms, self.seconds = target, float(reference_ms), seconds
+        self._x = torch.randn(*example_shape, generator=torch.Generator().manual_seed(0))
+        self._dir = tempfile.TemporaryDirectory(prefix="nas2deploy-reference-")
+        self._ref = probe_runner(reference, target, Path(self._dir.name), self._x)
+
+    def protocol_line(self, seconds: float | None = None) -> str:
+        return (f"timed side by side with the largest subnet, interleaved: 5 warm-up calls each, "
+                f"then {self.ROUNDS} rounds, about {seconds or self.seconds:g} s of calls per "
+                f"network, each call timed alone with perf_counter; p50 over all calls; batch "
+                f"{self.target.batch}, {self.target.threads} intra-op thread(s)")
+
+    def time(self, run: Runner, seconds: float | None = None) -> SideTiming:
+        from .lut import TableProtocol, time_interleaved
+
+        seconds = self.seconds if seconds is None else seconds
+        x = self._x.numpy()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            run(x)
+            self._ref(x)
+        per_call = max((time.perf_counter() - t0) / 10, 1e-6)
+        calls = int(min(max(seconds / self.ROUNDS / per_call, 3), 2000))
+        cand, ref = time_interleaved([run, self._ref], [x, x],
+                                     TableProtocol(warmup=5, rounds=self.ROUNDS, calls=calls))
+        ratio = cand.p50_ms / ref.p50_ms
+        return SideTiming(p50_ms=ratio * self.reference_ms,
+                          p90_ms=cand.p90_ms / ref.p50_ms * self.reference_ms,
+                          raw_p50_ms=cand.p50_ms, raw_p90_ms=cand.p90_ms,
+                          reference_p50_ms=ref.p50_ms, ratio=ratio,
+                          runs=cand.runs)
+
+    def measure(self, model: nn.Module) -> SideTiming:
+        with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
+            return self.time(probe_runner(model, self.target, Path(tmp), self._x))
+
+    def close(self) -> None:
+        self._ref = None
+        self._dir.cleanup()
 
 
 def _version(dist: str) -> str | None:

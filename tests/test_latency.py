@@ -121,3 +121,76 @@ def test_flops_proxy_is_monotonic_in_macs():
 def test_flops_proxy_needs_two_anchors():
     with pytest.raises(ValueError):
         FlopsProxy([(1000, 0.1)])
+
+
+def deep_spec(blocks: int, width: int = 8, mid: int = 16) -> dict:
+    s = spec(width, mid)
+    nodes = s["nodes"][:1]
+    prev = "stem"
+    for i in range(blocks):
+        nodes.append({"id": f"mb{i}", "op": "mbconv", "inputs": [prev], "c_in": width,
+                      "c_out": width, "mid": mid, "k": 3})
+        prev = f"mb{i}"
+    nodes.append({"id": "head", "op": "head", "inputs": [prev], "c_in": width, "num_classes": 10})
+    return {**s, "nodes": nodes}
+
+
+def test_flops_proxy_fits_a_cost_per_layer_from_three_anchors():
+    """Networks with the same MACs but more layers cost more on a CPU runtime; three anchors
+    whose layer counts differ recover a + b·MACs + c·layers exactly, and a fourth network is
+    predicted by the same law."""
+    a, b, c = 0.02, 2e-6, 0.004
+    probe = FlopsProxy([(1, 0.1), (2, 0.2)])
+    law = {}
+    for s in (deep_spec(1, 8, 16), deep_spec(1, 8, 64), deep_spec(4, 8, 16), deep_spec(3, 16, 32)):
+        macs, layers = probe.features(s)
+        law[id(s)] = (s, macs, layers, a + b * macs + c * layers)
+    (s1, m1, l1, t1), (s2, m2, l2, t2), (s3, m3, l3, t3), (s4, m4, l4, t4) = law.values()
+    assert l1 == l2 < l3  # same layers, more MACs; then more layers
+    proxy = FlopsProxy([(m1, l1, t1), (m2, l2, t2), (m3, l3, t3)])
+    assert (proxy.a, proxy.b, proxy.c) == pytest.approx((a, b, c), rel=1e-6)
+    assert proxy.predict(s4) == pytest.approx(t4, rel=1e-6)
+    # two anchors: the old law, a + b·MACs, and no per-layer term
+    two = FlopsProxy([(m1, l1, t1), (m2, l2, t2)])
+    assert two.c == 0.0 and two.predict(s2) == pytest.approx(t2, rel=1e-9)
+    # observe: a measured network joins the fit; the version tells caches to drop their costs
+    version = two.version
+    two.observe(s3, t3)
+    assert two.version == version + 1 and two.observed == 1 and len(two.anchors) == 3
+    assert two.predict(s4) == pytest.approx(t4, rel=1e-6)
+    assert two.describe()["ms_per_layer"] == pytest.approx(c, rel=1e-6)
+
+
+def test_nonneg_least_squares_clamps_a_negative_intercept():
+    from nas2deploy.latency import _nonneg_lstsq
+
+    x = np.array([1.0, 2.0, 3.0])
+    a = np.stack([np.ones(3), x], axis=1)
+    coef = _nonneg_lstsq(a, 2 * x - 1)  # unconstrained: intercept −1, slope 2
+    assert coef[0] == 0.0
+    assert coef[1] == pytest.approx(22 / 14)  # Σxy / Σx² with the intercept held at 0
+    assert _nonneg_lstsq(a, 0.5 + 0.25 * x) == pytest.approx([0.5, 0.25])
+
+
+def test_side_by_side_reports_the_ratio_at_the_reference_speed_of_the_start():
+    """Bookkeeping of SideBySide: the candidate's p50 is its ratio to the reference, timed
+    interleaved in one run, times the reference's p50 when the budget was set. A 3 ms call beside
+    a tiny eager network is many times slower than it, whatever the machine."""
+    from nas2deploy.runtime import SideBySide
+
+    net = build_network(spec(8, 16)).eval()
+    side = SideBySide(net, Target.parse("torch:cpu"), (1, 1, 16, 16), reference_ms=0.5,
+                      seconds=0.2)
+    try:
+        def slow(x):
+            time.sleep(0.003)
+            return np.zeros((1, 10), np.float32)
+
+        t = side.time(slow)
+    finally:
+        side.close()
+    assert t.raw_p50_ms >= 3.0 and t.ratio > 3.0
+    assert t.ratio == pytest.approx(t.raw_p50_ms / t.reference_p50_ms)
+    assert t.p50_ms == pytest.approx(t.ratio * 0.5)
+    assert t.runs >= SideBySide.ROUNDS * 3
+    assert "side by side" in side.protocol_line()

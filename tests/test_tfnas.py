@@ -191,6 +191,26 @@ def test_elastic_step_on_the_supernet_sets_top_k_widths():
         assert set(op.active.tolist()) == top
 
 
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_elastic_step_keeps_widths_to_the_targets_channel_multiple(multiple):
+    """On onnxruntime's blocked layout other channel counts are padded and reordered around every
+    conv; the elastic step then moves widths in whole multiples (where a block's range holds one),
+    still landing the estimate under T."""
+    method, net = tiny(stages=[[2, 16, 2, "relu"], [2, 32, 2, "hswish"], [1, 32, 1, "hswish"]])
+    table = method.cost_table(net, SynthLUT())
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    blocks = table.active_blocks(depths)
+    lo = table.parsed(ops, depths, [net.blocks()[j].ops[ops[j]].mid_min for j in range(len(ops))])
+    hi = table.parsed(ops, depths, [net.blocks()[j].ops[ops[j]].mid_max for j in range(len(ops))])
+    target = 0.5 * (lo + hi)
+    out = elastic_step(net, table, target, multiple=multiple)
+    assert out["latency"] <= target
+    for j in blocks:
+        op = net.blocks()[j].ops[ops[j]]
+        if -(-op.mid_min // multiple) * multiple <= op.mid_max:
+            assert op.mid % multiple == 0 and op.mid_min <= op.mid <= op.mid_max, (j, op.mid)
+
+
 # --------------------------------------------------------------------------------------------
 # bi-sampling
 
@@ -452,6 +472,15 @@ def test_cli_search_and_export_end_to_end(tmp_path):
     assert m["parity"]["onnx"]["max_abs_diff"] <= m["parity"]["onnx"]["atol"]
     assert len(m["search"]["history"]) == 2
     assert m["search"]["history"][-1]["phase"] == "search"
+    # the search timed its parsed architecture on the target, and the FLOPs proxy learned from it
+    meas = m["search"]["measurements"]
+    assert meas and all(r["measured_p50_ms"] > 0 and r["ratio_to_largest"] > 0 for r in meas)
+    assert m["search"]["history"][-1]["measured_ms"] > 0
+    assert m["latency"]["latency_model"]["observed"] == len(meas)
+    lat = m["latency"]
+    assert lat["budget_ms"] == pytest.approx(0.6 * lat["measured"]["largest_p50_ms"])
+    assert lat["ratio_to_budget"] == pytest.approx(lat["measured"]["ratio_to_largest"] / 0.6)
+    assert lat["budget_ms_at_start"] == pytest.approx(0.6 * lat["reference"]["largest_p50_ms"])
     arch = json.loads((out / "architecture.json").read_text())
     assert arch["method"] == "tfnas" and arch["space"]["fingerprint"] == m["method"]["space"]["fingerprint"]
 
@@ -489,3 +518,104 @@ def test_candidate_networks_cover_every_op_and_sample_is_valid():
     assert len(shapes) == 8
     assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
     assert widths == [op.mid for blk in net.blocks() for op in blk.ops]
+
+
+@pytest.mark.parametrize("landing", [True, False])
+def test_measured_landing_corrects_a_biased_estimate(landing):
+    """The estimate over-predicts every network by 25% (the FLOPs proxy did about that on
+    OpenVINO). Elasticity alone lands the *estimate* on T, so the measured latency ends ~0.8 T;
+    with measured landing the search measures its parsed architecture after every elastic step
+    and re-aims, and the measurement ends within the tolerance of T (or at the widths' bound)."""
+    method, net = tiny(landing_rounds=3, landing_tolerance=0.01, measured_landing=landing)
+    x, y = _synthetic_data()
+    data = SearchData(x[:48], y[:48], x[48:80], y[48:80], x[80:], y[80:])
+    lut = SynthLUT()
+    big, small = lut.predict(method.largest(net).network), lut.predict(method.smallest(net).network)
+    budget = small + 0.3 * (big - small)
+    calls = []
+
+    def measure(spec, weights=None):
+        assert weights and all(torch.is_tensor(t) for t in weights.values())
+        calls.append(spec)
+        return 0.8 * lut.predict(spec)
+
+    ctx = SearchContext(data=data, epochs=3, seed=0, batch_size=16, budget_ms=budget,
+                        latency_model=lut, measure=measure)
+    run_search(method, net, ctx)
+    arch = method.decide(net)
+    target = 0.95 * budget
+    measured = 0.8 * lut.predict(arch.network)
+    if not landing:
+        assert not calls and "measured_ms" not in arch.decisions
+        assert measured == pytest.approx(0.8 * arch.metadata["predicted_ms"])
+        assert measured < 0.85 * target
+        return
+    assert len(calls) >= 2  # one per search epoch, then the landing
+    assert [r.get("measured_ms") is not None for r in ctx.history] == [False, True, True]
+    assert arch.decisions["measured_ms"] == pytest.approx(measured)
+    assert arch.decisions["estimate_correction"] == pytest.approx(0.8)
+    assert calls[-1] == arch.network  # the last measurement is of the decided architecture
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    active = method.cost_table(net, lut).active_blocks(depths)
+    at_max = all(net.blocks()[j].ops[ops[j]].mid == net.blocks()[j].ops[ops[j]].mid_max
+                 for j in active)
+    assert abs(measured / target - 1) <= 0.01 or (at_max and measured < target)
+
+
+def test_landing_reaches_the_measured_target_in_a_few_re_aimed_elastic_steps():
+    """Landing alone, on a fixed architecture (full depth, k5_e3 everywhere) with room between
+    its min and max widths: the measurement runs at 0.8 of the estimate, and the re-aimed
+    elastic steps bring it within 1% of T."""
+    from nas2deploy_plugins.tfnas.search import Landing
+
+    method, net = tiny()
+    lut = SynthLUT()
+    op = OP_NAMES.index("k5_e3")
+    with torch.no_grad():
+        net.alpha.fill_(-10.0)
+        net.alpha[:, op] = 0.0
+        for b in net.betas:
+            b.fill_(0.0)
+            b[-1] = 5.0
+    table = method.cost_table(net, lut)
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    blocks = table.active_blocks(depths)
+    lo = table.parsed(ops, depths, [net.blocks()[j].ops[op].mid_min for j in range(len(ops))])
+    hi = table.parsed(ops, depths, [net.blocks()[j].ops[op].mid_max for j in range(len(ops))])
+    target = 0.8 * (lo + 3 * hi) / 4  # above where the widths start (the middle of their range)
+    calls = []
+
+    def measure(spec, weights=None):
+        calls.append(spec)
+        return 0.8 * lut.predict(spec)
+
+    landing = Landing(net, table, target, measure)
+    first = landing.measure()
+    assert abs(first / target - 1) > 0.05 and landing.correction == pytest.approx(0.8)
+    landing.land(3, 0.01, True, lambda msg: None)
+    mids = [net.blocks()[j].ops[op].mid for j in blocks]
+    assert landing.last_ms == pytest.approx(measure(calls[-1]))
+    assert abs(landing.last_ms / target - 1) <= 0.01
+    assert any(m < net.blocks()[j].ops[op].mid_max for j, m in zip(blocks, mids))
+
+
+def test_cost_table_follows_a_refitted_flops_proxy():
+    from nas2deploy.latency import FlopsProxy
+    from nas2deploy.netspec import build_network
+    from nas2deploy.counting import count_layers, count_macs
+
+    method, net = tiny()
+    anchors = []
+    for arch, ms in ((method.largest(net), 0.4), (method.smallest(net), 0.1)):
+        n = build_network(arch.network)
+        anchors.append((count_macs(n, n.example_input(1)), count_layers(n), ms))
+    proxy = FlopsProxy(anchors)
+    table = method.cost_table(net, proxy)
+    lo, _, hi = net.layout.blocks[0].mid_range(0)
+    before, fixed = table.cost(0, 0, hi), table.fixed_ms
+    proxy.observe(method.sample(net, random.Random(0)).network, 0.35)
+    after = table.cost(0, 0, hi)
+    assert after == pytest.approx(proxy.op_cost(net.layout.blocks[0].signature(0, hi)))
+    assert (after, table.fixed_ms) != (before, fixed)
+    assert table.fixed_ms == pytest.approx(
+        proxy.base_ms + sum(proxy.op_cost(s) for s in net.layout.fixed_signatures()))

@@ -67,7 +67,23 @@ class CostTable:
             model, self.source = self._calibrated(model, calibrate), "macs calibrated to predict()"
         self.model = model
         self._cache: dict[OpSignature, float] = {}
-        self.fixed_ms = float(model.base_ms) + sum(self.sig_cost(s) for s in layout.fixed_signatures())
+        self._version: object = object()  # never a model's version: the first _sync fills
+        self._fixed_ms = 0.0
+        self._sync()
+
+    def _sync(self) -> None:
+        """Drop the cached costs when the model has been refitted (``FlopsProxy.observe``)."""
+        version = getattr(self.model, "version", None)
+        if version != self._version:
+            self._version = version
+            self._cache.clear()
+            self._fixed_ms = float(self.model.base_ms) + sum(
+                self._cost(s) for s in self.layout.fixed_signatures())
+
+    @property
+    def fixed_ms(self) -> float:
+        self._sync()
+        return self._fixed_ms
 
     @staticmethod
     def _calibrated(model: Any, calibrate) -> MacsCost:
@@ -81,6 +97,10 @@ class CostTable:
         return MacsCost(b, max(pb - b * mb, 0.0))
 
     def sig_cost(self, sig: OpSignature) -> float:
+        self._sync()
+        return self._cost(sig)
+
+    def _cost(self, sig: OpSignature) -> float:
         c = self._cache.get(sig)
         if c is None:
             c = float(self.model.op_cost(sig))

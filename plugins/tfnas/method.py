@@ -126,6 +126,9 @@ class TFNAS(SearchMethod):
             arch.decisions["cost_source"] = table.source
         if getattr(net, "target_ms", None):
             arch.decisions["target_ms"] = net.target_ms
+        if getattr(net, "measured_ms", None):
+            arch.decisions["measured_ms"] = net.measured_ms
+            arch.decisions["estimate_correction"] = net.estimate_correction
         return arch
 
     def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
