@@ -619,3 +619,43 @@ def test_cost_table_follows_a_refitted_flops_proxy():
     assert (after, table.fixed_ms) != (before, fixed)
     assert table.fixed_ms == pytest.approx(
         proxy.base_ms + sum(proxy.op_cost(s) for s in net.layout.fixed_signatures()))
+
+
+def test_landing_grows_the_depth_when_no_width_reaches_the_target():
+    """A parsed architecture of one block per stage whose max widths stay under T: landing adds
+    blocks (to the stage whose β favours the next exit most) before re-aiming the widths."""
+    from nas2deploy_plugins.tfnas.search import Landing
+
+    method, net = tiny()
+    lut = SynthLUT()
+    op = OP_NAMES.index("k3_e6")
+    with torch.no_grad():
+        net.alpha.fill_(-10.0)
+        net.alpha[:, op] = 0.0
+        for b in net.betas:
+            b.fill_(0.0)
+            b[0] = 5.0
+        net.betas[1][1] = 4.0  # stage 2 favours its second exit next
+    table = method.cost_table(net, lut)
+    ops = net.parsed_ops()
+    assert net.parsed_depths() == [1, 1, 1]
+    full = [len(b) for b in net.betas]
+    at_full = table.parsed(ops, full, [b.ops[op].mid_max for b in net.blocks()])
+    at_one = table.parsed(ops, [1, 1, 1], [b.ops[op].mid_max for b in net.blocks()])
+    target = 0.8 * (at_one + 0.5 * (at_full - at_one))
+    landing = Landing(net, table, target, lambda spec, weights=None: 0.8 * lut.predict(spec))
+    landing.measure()
+    landing.land(4, 0.02, True, lambda msg: None)
+    depths = net.parsed_depths()
+    assert depths[1] == 2 and sum(depths) > 3
+    assert abs(landing.last_ms / target - 1) <= 0.02
+    assert method.decide(net).decisions["blocks"]  # the grown architecture derives
+
+
+def test_landing_aims_by_the_secant_once_the_target_is_bracketed():
+    from nas2deploy_plugins.tfnas.search import _next_aim
+
+    assert _next_aim([(1.0, 0.8)], 1.0) == pytest.approx(1.25)  # scaled by target / measured
+    assert _next_aim([(1.0, 0.8), (1.5, 1.3)], 1.0) == pytest.approx(1.2)
+    # the nearest points either side are used, not the latest
+    assert _next_aim([(0.5, 0.4), (1.0, 0.8), (2.0, 1.8), (1.5, 1.3)], 1.0) == pytest.approx(1.2)

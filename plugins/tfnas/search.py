@@ -143,6 +143,7 @@ class Landing:
         self.multiple = multiple
         self.correction = 1.0
         self.last_ms: float | None = None
+        self.last_predicted = 0.0  # the estimate (table units) of the last measured net
         self.calls = 0
 
     @property
@@ -158,31 +159,103 @@ class Landing:
         predicted = self.table.parsed(ops, depths, mids)
         if predicted > 0 and ms > 0:
             self.correction = ms / predicted
-        self.last_ms = ms
+        self.last_ms, self.last_predicted = ms, predicted
         return ms
 
     def land(self, rounds: int, tolerance: float, refine: bool, log) -> None:
         """Re-aim the elastic step until the measured parsed latency is within ``tolerance`` of
-        T; keep the widths of the best measurement (the highest within T × (1 + tolerance))."""
+        T; keep the architecture of the best measurement (the highest within T × (1 + tolerance)).
+
+        The next aim is the secant, in estimate against measurement, through the nearest
+        measurements either side of T once there are both, else the last estimate scaled by
+        T / measured. A multiplicative correction alone
+        oscillates when the estimate's slope in width is off: on OpenVINO one landing went
+        0.84 T → 1.25 T → 0.81 T → 1.43 T. When even the parsed ops' max widths cannot reach T,
+        widths alone cannot land it (their range is [max/2, max]); the parsed depth then grows
+        first (``grow``)."""
         ms = self.last_ms if self.last_ms is not None else self.measure()
-        ok = ms <= self.target * (1 + tolerance)
-        best = (ms, self.net.mids()) if ok else None
+        best = (ms, self._state()) if ms <= self.target * (1 + tolerance) else None
+        points = [(self.last_predicted, ms)]
         for _ in range(rounds):
             if abs(ms / self.target - 1) <= tolerance:
                 break
-            before = self.net.mids()
-            elastic_step(self.net, self.table, self.aim, refine, self.multiple)
-            if self.net.mids() == before:
+            before = self._state()
+            grown = 0
+            while ms < self.target and self._max_width_latency() < self.aim and self.grow():
+                grown += 1
+            if grown:
+                points = []  # another architecture: its aim-to-latency curve starts afresh
+            aim = _next_aim(points, self.target) if points else self.aim
+            self.step(aim, refine)
+            if self._state() == before:
                 break
             ms = self.measure()
+            points.append((self.last_predicted, ms))
             log(f"tfnas landing: measured {ms:.4f} ms (T {self.target:.4f}, x"
-                f"{self.correction:.3f} of the estimate)")
+                f"{self.correction:.3f} of the estimate)"
+                + (f", {grown} block(s) deeper" if grown else ""))
             if ms <= self.target * (1 + tolerance) and (best is None or ms > best[0]):
-                best = (ms, self.net.mids())
-        if best is not None and best[1] != self.net.mids():
-            set_all_widths(self.net, best[1])
-            self.last_ms = best[0]
-            self.measure()  # the widths kept are re-timed, so the last record describes them
+                best = (ms, self._state())
+        if best is not None and best[1] != self._state():
+            self._restore(best[1])
+            self.measure()  # the architecture kept is re-timed, so the last record describes it
+
+    def step(self, aim: float, refine: bool) -> dict[str, Any]:
+        """The elastic step aimed at ``aim`` (table units)."""
+        return elastic_step(self.net, self.table, aim, refine, self.multiple)
+
+    def _state(self):
+        return self.net.mids(), self.net.parsed_depths()
+
+    def _restore(self, state) -> None:
+        mids, depths = state
+        set_all_widths(self.net, mids)
+        set_depths(self.net, depths)
+
+    def _max_width_latency(self) -> float:
+        ops, depths = self.net.parsed_ops(), self.net.parsed_depths()
+        return self.table.parsed(ops, depths, [b.ops[o].mid_max for b, o in zip(self.net.blocks(), ops)])
+
+    def grow(self) -> bool:
+        """One block more in the stage whose β gives the next depth the highest probability
+        (the exit the search most nearly chose); False when every stage is at full depth. This
+        is nas2deploy's addition: after a short search the parsed (argmax) architecture can sit
+        far from the expectation the latency term steered, and no width reaches T."""
+        depths = self.net.parsed_depths()
+        best, best_p = None, -1.0
+        with torch.no_grad():
+            for s, (beta, d) in enumerate(zip(self.net.betas, depths)):
+                if d < len(beta):
+                    p = float(torch.softmax(beta, 0)[d])
+                    if p > best_p:
+                        best, best_p = s, p
+        if best is None:
+            return False
+        set_depths(self.net, [d + (s == best) for s, d in enumerate(depths)])
+        return True
+
+
+def _next_aim(points: list[tuple[float, float]], target: float) -> float:
+    """The aim (table units) whose measured latency should be ``target``, from (estimate, ms)
+    points of one architecture's measured widths: the secant through the nearest points below
+    and above the target when both exist, else the last estimate scaled by target / measured."""
+    below = [p for p in points if p[1] < target]
+    above = [p for p in points if p[1] >= target]
+    if below and above:
+        (a0, m0), (a1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+        if m1 > m0 and a1 != a0:
+            return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+    a, m = points[-1]
+    return a * target / m
+
+
+def set_depths(net: TFNASSupernet, depths: list[int]) -> None:
+    """Make ``depths`` the parsed depths: each stage's β gets its argmax at depth d, raised just
+    above the others, the rest of the distribution untouched."""
+    with torch.no_grad():
+        for beta, d in zip(net.betas, depths):
+            if int(beta.argmax()) != d - 1:
+                beta[d - 1] = beta.max() + 0.1
 
 
 def set_all_widths(net: TFNASSupernet, mids: list[list[int]]) -> None:
@@ -354,8 +427,10 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
                     bar.update(1)
             scaled = measured = None
             if not warm and target and cfg.elastic:
-                aim = landing.aim if landing is not None else target
-                scaled = elastic_step(net, table, aim, cfg.elastic_refine, multiple)
+                if landing is not None:
+                    scaled = landing.step(landing.aim, cfg.elastic_refine)
+                else:
+                    scaled = elastic_step(net, table, target, cfg.elastic_refine, multiple)
                 if landing is not None:
                     measured = landing.measure()
                     searcher.target = landing.aim
