@@ -161,6 +161,19 @@ def _bisect_width(base: GraphNet, predict: Callable[[dict[str, Any]], float], ai
     return lo
 
 
+def _secant_width(points: list[tuple[float, float]], aim_ms: float) -> float | None:
+    """The width at which the line through the nearest measured (width, ms) below and above
+    ``aim_ms`` reaches it; None until measurements lie on both sides."""
+    below = [q for q in points if q[1] <= aim_ms]
+    above = [q for q in points if q[1] > aim_ms]
+    if not below or not above:
+        return None
+    (w0, m0), (w1, m1) = max(below, key=lambda q: q[1]), min(above, key=lambda q: q[1])
+    if m1 == m0 or w1 == w0:
+        return None
+    return w0 + (aim_ms - m0) * (w1 - w0) / (m1 - m0)
+
+
 def _report_dict(rep: LatencyReport) -> dict[str, Any]:
     return {"p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "mean_ms": rep.mean_ms, "runs": rep.runs,
             "protocol": rep.protocol}
@@ -288,6 +301,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     rounds: list[dict[str, Any]] = []
     width = bisect(base, AIM * budget)
     tried: set[float] = set()
+    points: list[tuple[float, float]] = []  # (width, measured ms) of the architecture now scaled
     best: tuple[float, GraphNet, LatencyReport] | None = None
     level = 0  # prune_further level of the architecture the rounds scale
     if p.remote is not None:  # nothing to measure here: the table's width is the answer
@@ -314,7 +328,14 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             correction *= rep.p50_ms / predicted
         if within and (best is None or width > best[0]):
             best = (width, cand, rep)
+        points.append((width, rep.p50_ms))
         nxt = round(bisect(base, AIM * budget), 4)
+        # Once measurements lie on both sides of the aim, they decide the width, not the
+        # estimate's slope: a slope that is off (overhead-bound nets barely speed up when
+        # thinned) sent DSO-NAS rounds to the narrowest width and kept them there.
+        between = _secant_width(points, AIM * budget)
+        if between is not None:
+            nxt = round(min(max(between, cfg.min_width), 1.0), 4)
         if within:
             if rep.p50_ms >= LOW_WATER * budget or width >= 1.0 or nxt <= width + 1e-3:
                 break
@@ -331,10 +352,12 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 arch, base = sparser, materialize_decided(sparser)
                 log(f"still over budget at the narrowest width; {arch.decisions.get('note', '')}")
                 tried.clear()
+                points.clear()
                 width = bisect(base, AIM * budget)
                 continue
-            nxt = min(nxt, round(width * 0.95, 4))
-            nxt = max(nxt, cfg.min_width)
+            if between is None:
+                nxt = min(nxt, round(width * 0.95, 4))
+            nxt = max(min(nxt, round(width - 1e-3, 4)), cfg.min_width)
             if best is not None and nxt <= best[0]:
                 break
         if nxt in tried:
@@ -417,11 +440,14 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 f"({final['p50_ms'] / verdict_budget:.2f} of budget)")
             if within or attempt == FINAL_ATTEMPTS or width <= cfg.min_width:
                 break
-            # Re-aim with what the bundle itself measured, and shrink by at least 3%.
+            # Re-aim with what the bundle itself measured (beside the largest, so in the rounds'
+            # units), and shrink by at least 3%.
             if arch_final.metadata["predicted_ms"] > 0:
                 correction *= beside.p50_ms / arch_final.metadata["predicted_ms"]
-            width = max(cfg.min_width, min(round(bisect(base, AIM * budget), 4),
-                                           round(width * 0.97, 4)))
+            points.append((width, beside.p50_ms))
+            between = _secant_width(points, AIM * budget)
+            aimed = between if between is not None else bisect(base, AIM * budget)
+            width = max(cfg.min_width, min(round(aimed, 4), round(width * 0.97, 4)))
             log(f"over budget; shrinking to x{width:g} and retraining")
             subnet = scaled(base, width)
         top1 = accuracy(subnet, ds.x_test, ds.y_test)

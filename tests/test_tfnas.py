@@ -414,13 +414,19 @@ def _synthetic_data(n=96, seed=0):
     return x, y
 
 
-def test_search_history_and_target():
-    method, net = tiny()
+def search_setup(method, net, at: float):
+    """Synthetic data splits, the synthetic table, and a budget ``at`` of the way from the
+    smallest to the largest subnet's latency under it."""
     x, y = _synthetic_data()
     data = SearchData(x[:48], y[:48], x[48:80], y[48:80], x[80:], y[80:])
     lut = SynthLUT()
     big, small = lut.predict(method.largest(net).network), lut.predict(method.smallest(net).network)
-    budget = small + 0.5 * (big - small)
+    return data, lut, small + at * (big - small)
+
+
+def test_search_history_and_target():
+    method, net = tiny()
+    data, lut, budget = search_setup(method, net, 0.5)
     bars = []
 
     class Bar:
@@ -527,11 +533,7 @@ def test_measured_landing_corrects_a_biased_estimate(landing):
     with measured landing the search measures its parsed architecture after every elastic step
     and re-aims, and the measurement ends within the tolerance of T (or at the widths' bound)."""
     method, net = tiny(landing_rounds=3, landing_tolerance=0.01, measured_landing=landing)
-    x, y = _synthetic_data()
-    data = SearchData(x[:48], y[:48], x[48:80], y[48:80], x[80:], y[80:])
-    lut = SynthLUT()
-    big, small = lut.predict(method.largest(net).network), lut.predict(method.smallest(net).network)
-    budget = small + 0.3 * (big - small)
+    data, lut, budget = search_setup(method, net, 0.3)
     calls = []
 
     def measure(spec, weights=None):
@@ -562,21 +564,27 @@ def test_measured_landing_corrects_a_biased_estimate(landing):
     assert abs(measured / target - 1) <= 0.01 or (at_max and measured < target)
 
 
+def pinned(op_name: str, exit: int):
+    """The tiny supernet with one op parsed everywhere and every stage's β peaked at ``exit``."""
+    method, net = tiny()
+    op = OP_NAMES.index(op_name)
+    with torch.no_grad():
+        net.alpha.fill_(-10.0)
+        net.alpha[:, op] = 0.0
+        for b in net.betas:
+            b.fill_(0.0)
+            b[exit] = 5.0
+    return method, net, op
+
+
 def test_landing_reaches_the_measured_target_in_a_few_re_aimed_elastic_steps():
     """Landing alone, on a fixed architecture (full depth, k5_e3 everywhere) with room between
     its min and max widths: the measurement runs at 0.8 of the estimate, and the re-aimed
     elastic steps bring it within 1% of T."""
     from nas2deploy_plugins.tfnas.search import Landing
 
-    method, net = tiny()
+    method, net, op = pinned("k5_e3", exit=-1)
     lut = SynthLUT()
-    op = OP_NAMES.index("k5_e3")
-    with torch.no_grad():
-        net.alpha.fill_(-10.0)
-        net.alpha[:, op] = 0.0
-        for b in net.betas:
-            b.fill_(0.0)
-            b[-1] = 5.0
     table = method.cost_table(net, lut)
     ops, depths = net.parsed_ops(), net.parsed_depths()
     blocks = table.active_blocks(depths)
@@ -626,15 +634,9 @@ def test_landing_grows_the_depth_when_no_width_reaches_the_target():
     blocks (to the stage whose β favours the next exit most) before re-aiming the widths."""
     from nas2deploy_plugins.tfnas.search import Landing
 
-    method, net = tiny()
+    method, net, op = pinned("k3_e6", exit=0)
     lut = SynthLUT()
-    op = OP_NAMES.index("k3_e6")
     with torch.no_grad():
-        net.alpha.fill_(-10.0)
-        net.alpha[:, op] = 0.0
-        for b in net.betas:
-            b.fill_(0.0)
-            b[0] = 5.0
         net.betas[1][1] = 4.0  # stage 2 favours its second exit next
     table = method.cost_table(net, lut)
     ops = net.parsed_ops()
