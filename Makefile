@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/search_overhead.py
 	$(BIN)/python benchmarks/latency_constraint.py
+	$(BIN)/python benchmarks/measurement_drift.py
 	$(BIN)/python benchmarks/precision_latency.py
 	$(BIN)/python benchmarks/lut_accuracy.py
 

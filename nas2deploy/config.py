@@ -18,7 +18,7 @@ from .errors import UsageError
 
 @dataclass
 class RunConfig:
-    method: str = "dsonas"
+    method: str = "tfnas"
     dataset: str = "digits"
     input_size: int = 32
     target: str = "openvino:cpu"
