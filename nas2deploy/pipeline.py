@@ -33,8 +33,9 @@ from .latency import LatencyReport, measure
 from .materialize import materialize, scale_width
 from .method import SearchContext, SearchData, SearchMethod, TaskSpec
 from .netspec import GraphNet
-from .runtime import (SideBySide, check_target_device, environment, exporter_for_runtime,
-                      export_chain, measure_model, random_input, resolve_chain, runner_for)
+from .runtime import (SideBySide, SideTiming, check_target_device, environment,
+                      exporter_for_runtime, export_chain, measure_model, random_input,
+                      resolve_chain, runner_for)
 from .target import Target
 from .train import accuracy, predict, reinitialize, train
 
@@ -302,7 +303,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     width = bisect(base, AIM * budget)
     tried: set[float] = set()
     points: list[tuple[float, float]] = []  # (width, measured ms) of the architecture now scaled
-    best: tuple[float, GraphNet, LatencyReport] | None = None
+    best: tuple[float, GraphNet, SideTiming] | None = None
     level = 0  # prune_further level of the architecture the rounds scale
     if p.remote is not None:  # nothing to measure here: the table's width is the answer
         cand = scaled(base, width)
