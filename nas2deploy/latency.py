@@ -185,6 +185,21 @@ class FlopsProxy(LatencyModel):
                             for m, layers, t in self.anchors]}
 
 
+def secant(points: list[tuple[float, float]], target_ms: float) -> float | None:
+    """The x at which the line through the nearest measured (x, ms) at or below ``target_ms``
+    and the nearest above it reaches ``target_ms``; None until measurements lie on both sides.
+    Used where measurements, not an estimate's slope, should decide: the closed loop's width,
+    TF-NAS's landing aim."""
+    below = [q for q in points if q[1] <= target_ms]
+    above = [q for q in points if q[1] > target_ms]
+    if not below or not above:
+        return None
+    (x0, m0), (x1, m1) = max(below, key=lambda q: q[1]), min(above, key=lambda q: q[1])
+    if x1 == x0:
+        return None
+    return x0 + (target_ms - m0) * (x1 - x0) / (m1 - m0)
+
+
 def _nonneg_lstsq(a: np.ndarray, y: np.ndarray) -> list[float]:
     """argmin ‖a·x − y‖ subject to x ≥ 0, for a handful of columns: every subset of columns
     solved unconstrained, the best solution with no negative entry kept (exact for this size)."""

@@ -29,7 +29,7 @@ from .counting import count_layers, count_macs, count_params
 from .data import Dataset, load_dataset, parse_dataset_spec
 from .errors import PrecisionError, UsageError
 from .exporter import ExportContext, verify_parity
-from .latency import LatencyReport, measure
+from .latency import LatencyReport, measure, secant
 from .materialize import materialize, scale_width
 from .method import SearchContext, SearchData, SearchMethod, TaskSpec
 from .netspec import GraphNet
@@ -162,19 +162,6 @@ def _bisect_width(base: GraphNet, predict: Callable[[dict[str, Any]], float], ai
     return lo
 
 
-def _secant_width(points: list[tuple[float, float]], aim_ms: float) -> float | None:
-    """The width at which the line through the nearest measured (width, ms) below and above
-    ``aim_ms`` reaches it; None until measurements lie on both sides."""
-    below = [q for q in points if q[1] <= aim_ms]
-    above = [q for q in points if q[1] > aim_ms]
-    if not below or not above:
-        return None
-    (w0, m0), (w1, m1) = max(below, key=lambda q: q[1]), min(above, key=lambda q: q[1])
-    if m1 == m0 or w1 == w0:
-        return None
-    return w0 + (aim_ms - m0) * (w1 - w0) / (m1 - m0)
-
-
 def _report_dict(rep: LatencyReport) -> dict[str, Any]:
     return {"p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "mean_ms": rep.mean_ms, "runs": rep.runs,
             "protocol": rep.protocol}
@@ -289,13 +276,13 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     # A method that timed its decided architecture during the search hands the loop its
     # correction: the first round then aims with what was measured, not with the raw estimate.
     base_spec = base.spec()
-    for m in reversed(ctx.measurements):
-        if m["spec"] == base_spec and lat_model.predict(base_spec) > 0:
-            correction = m["measured_p50_ms"] / lat_model.predict(base_spec)
-            log(f"the search measured its decided architecture at {m['measured_p50_ms']:.4f} ms "
-                f"({m['measured_p50_ms'] / budget:.2f} of budget); estimate corrected x"
-                f"{correction:.3f}")
-            break
+    seen = next((m["measured_p50_ms"] for m in reversed(ctx.measurements)
+                 if m["spec"] == base_spec), None)
+    base_predicted = lat_model.predict(base_spec) if seen is not None else 0.0
+    if base_predicted > 0:
+        correction = seen / base_predicted
+        log(f"the search measured its decided architecture at {seen:.4f} ms "
+            f"({seen / budget:.2f} of budget); estimate corrected x{correction:.3f}")
 
     # Closed loop on the measured latency.
     t = time.perf_counter()
@@ -334,7 +321,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         # Once measurements lie on both sides of the aim, they decide the width, not the
         # estimate's slope: a slope that is off (overhead-bound nets barely speed up when
         # thinned) sent DSO-NAS rounds to the narrowest width and kept them there.
-        between = _secant_width(points, AIM * budget)
+        between = secant(points, AIM * budget)
         if between is not None:
             nxt = round(min(max(between, cfg.min_width), 1.0), 4)
         if within:
@@ -446,13 +433,17 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             if arch_final.metadata["predicted_ms"] > 0:
                 correction *= beside.p50_ms / arch_final.metadata["predicted_ms"]
             points.append((width, beside.p50_ms))
-            between = _secant_width(points, AIM * budget)
+            between = secant(points, AIM * budget)
             aimed = between if between is not None else bisect(base, AIM * budget)
             width = max(cfg.min_width, min(round(aimed, 4), round(width * 0.97, 4)))
             log(f"over budget; shrinking to x{width:g} and retraining")
             subnet = scaled(base, width)
         top1 = accuracy(subnet, ds.x_test, ds.y_test)
-        runtime_top1 = _runtime_top1(run, ds, target.batch) if run is not None else None
+        # fp16/int8 verification already ran the target runtime over the whole test split
+        checked = verification["parity"].get(exporter_for_runtime(target.runtime), {})
+        runtime_top1 = checked.get("top1")
+        if runtime_top1 is None and run is not None:
+            runtime_top1 = _runtime_top1(run, ds, target.batch)
         arch_final.metadata["measured_p50_ms"] = final["p50_ms"] if final else None
         if p.remote is None:
             side.close()

@@ -289,10 +289,10 @@ def test_core_never_imports_plugins():
 
 
 def test_closed_loop_width_follows_the_measurements_once_they_bracket_the_aim():
-    from nas2deploy.pipeline import _secant_width
+    from nas2deploy.latency import secant
 
-    assert _secant_width([(1.0, 0.30)], 0.2) is None  # nothing under the aim yet
-    assert _secant_width([(1.0, 0.30), (0.25, 0.10)], 0.2) == pytest.approx(0.625)
+    assert secant([(1.0, 0.30)], 0.2) is None  # nothing under the aim yet
+    assert secant([(1.0, 0.30), (0.25, 0.10)], 0.2) == pytest.approx(0.625)
     # the nearest measurements either side of the aim are used
-    assert _secant_width([(1.0, 0.30), (0.25, 0.10), (0.5, 0.15), (0.8, 0.25)], 0.2) == \
+    assert secant([(1.0, 0.30), (0.25, 0.10), (0.5, 0.15), (0.8, 0.25)], 0.2) == \
         pytest.approx(0.65)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.latency import secant
 from nas2deploy.train import cycle_batches, epoch_batches, split_epochs
 
 from .config import TFNASConfig
@@ -144,7 +145,6 @@ class Landing:
         self.correction = 1.0
         self.last_ms: float | None = None
         self.last_predicted = 0.0  # the estimate (table units) of the last measured net
-        self.calls = 0
 
     @property
     def aim(self) -> float:
@@ -154,7 +154,6 @@ class Landing:
         ops, depths, mids = parsed(self.net)
         spec = network_spec(self.net.layout, ops, depths, mids)
         ms = float(self._measure(spec, inherited(self.net, spec, ops)))
-        self.calls += 1
         # after the measurement: a FLOPs proxy has refitted on it (the table follows)
         predicted = self.table.parsed(ops, depths, mids)
         if predicted > 0 and ms > 0:
@@ -168,11 +167,10 @@ class Landing:
 
         The next aim is the secant, in estimate against measurement, through the nearest
         measurements either side of T once there are both, else the last estimate scaled by
-        T / measured. A multiplicative correction alone
-        oscillates when the estimate's slope in width is off: on OpenVINO one landing went
-        0.84 T → 1.25 T → 0.81 T → 1.43 T. When even the parsed ops' max widths cannot reach T,
-        widths alone cannot land it (their range is [max/2, max]); the parsed depth then grows
-        first (``grow``)."""
+        T / measured. A multiplicative correction alone oscillates when the estimate's slope in
+        width is off: on OpenVINO one landing went 0.84 T → 1.25 T → 0.81 T → 1.43 T. When even
+        the parsed ops' max widths cannot reach T, widths alone cannot land it (their range is
+        [max/2, max]); the parsed depth then grows first (``grow``)."""
         ms = self.last_ms if self.last_ms is not None else self.measure()
         best = (ms, self._state()) if ms <= self.target * (1 + tolerance) else None
         points = [(self.last_predicted, ms)]
@@ -239,12 +237,9 @@ def _next_aim(points: list[tuple[float, float]], target: float) -> float:
     """The aim (table units) whose measured latency should be ``target``, from (estimate, ms)
     points of one architecture's measured widths: the secant through the nearest points below
     and above the target when both exist, else the last estimate scaled by target / measured."""
-    below = [p for p in points if p[1] < target]
-    above = [p for p in points if p[1] >= target]
-    if below and above:
-        (a0, m0), (a1, m1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
-        if m1 > m0 and a1 != a0:
-            return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+    between = secant(points, target)
+    if between is not None:
+        return between
     a, m = points[-1]
     return a * target / m
 
@@ -429,11 +424,10 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
             if not warm and target and cfg.elastic:
                 if landing is not None:
                     scaled = landing.step(landing.aim, cfg.elastic_refine)
-                else:
-                    scaled = elastic_step(net, table, target, cfg.elastic_refine, multiple)
-                if landing is not None:
                     measured = landing.measure()
                     searcher.target = landing.aim
+                else:
+                    scaled = elastic_step(net, table, target, cfg.elastic_refine, multiple)
             ops, depths = net.parsed_ops(), net.parsed_depths()
             blocks = table.active_blocks(depths)
             all_mids = net.mids()
