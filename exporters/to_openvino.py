@@ -87,12 +87,15 @@ class OpenVINOExporter(Exporter):
         except Exception as exc:
             raise export_error("OpenVINO IR reshape/save/reload failed", exc) from exc
         hint = HINT[ctx.target.precision]
-        try:
-            compiled = core.compile_model(saved, "CPU", {"INFERENCE_PRECISION_HINT": hint})
-            got = compiled.get_property("INFERENCE_PRECISION_HINT")
-            effective = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
-        except Exception as exc:
-            raise export_error(f"OpenVINO could not compile the IR for CPU at {hint}", exc) from exc
+        effective = None  # a latency probe is compiled by its runner next; only a bundle records it
+        if not ctx.probe:
+            try:
+                compiled = core.compile_model(saved, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+                got = compiled.get_property("INFERENCE_PRECISION_HINT")
+                effective = got.get_type_name() if hasattr(got, "get_type_name") else str(got)
+            except Exception as exc:
+                raise export_error(f"OpenVINO could not compile the IR for CPU at {hint}",
+                                   exc) from exc
         return Artifact(self.name, {"model_xml": XML, "model_bin": BIN}, info={
             "static_shape": static,
             "precision": ctx.target.precision,

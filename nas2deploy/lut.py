@@ -75,7 +75,6 @@ import os
 import random
 import tempfile
 import time
-import warnings
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -348,7 +347,8 @@ class RunnerFactory:
         if self.final is None:
             return "eager PyTorch (torch_runner)"
         steps = [f"exporter {name!r}" for name in self.chain]
-        probe = " (as latency probes: the ONNX step by the TorchScript exporter)" if self.fast_export else ""
+        probe = (" (as latency probes: the ONNX step by the TorchScript exporter)"
+                 if self.fast_export else "")
         return " -> ".join(steps) + f"{probe}; runner of exporter {self.final!r}"
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> Runner:
