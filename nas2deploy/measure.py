@@ -10,8 +10,8 @@ from typing import Any
 from .bundle import MANIFEST, load_bundle, read_manifest, write_json_atomic
 from .errors import BundleError
 from .exporter import Artifact
-from .latency import measure
-from .runtime import cpu_name, exporter_for_runtime, random_input, runner_for
+from .latency import measure_instances
+from .runtime import artifact_loader, cpu_name, exporter_for_runtime, random_input
 from .target import SUPPORTED_PRECISIONS, Target
 
 
@@ -36,12 +36,14 @@ def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: in
                               SUPPORTED_PRECISIONS[tgt.runtime] else "fp32")
         tgt = replace(tgt, precision=precision)
     model = load_bundle(root) if exporter is None else None
-    run = runner_for(model, tgt, root, artifacts)
+    load = artifact_loader(model, tgt, root, artifacts)
+    run = load()  # fails here, before any timing, if the artifact cannot be loaded
     x = random_input((tgt.batch, *shape[1:]))
-    rep = measure(run, x, batch=tgt.batch, threads=tgt.threads)
+    rep = measure_instances(load, x, batch=tgt.batch, threads=tgt.threads)
     rec = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "target": str(tgt), "threads": tgt.threads, "batch": tgt.batch, "cpu": cpu_name(),
            "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "runs": rep.runs, "protocol": rep.protocol,
+           "p50_per_load_ms": rep.instance_p50_ms,
            "budget_ms": budget, "within_budget": rep.p50_ms <= budget}
     if tgt.device == "cuda":
         from .engine import gpu_info

@@ -29,13 +29,13 @@ from .counting import count_layers, count_macs, count_params
 from .data import Dataset, load_dataset, parse_dataset_spec
 from .errors import PrecisionError, UsageError
 from .exporter import ExportContext, verify_parity
-from .latency import LatencyReport, measure, secant
+from .latency import LatencyReport, measure_instances, secant
 from .materialize import materialize, scale_width
 from .method import SearchContext, SearchData, SearchMethod, TaskSpec
 from .netspec import GraphNet
-from .runtime import (SideBySide, SideTiming, check_target_device, environment,
+from .runtime import (SideBySide, SideTiming, artifact_loader, check_target_device, environment,
                       exporter_for_runtime, export_chain, measure_model, random_input,
-                      resolve_chain, runner_for)
+                      resolve_chain)
 from .target import Target
 from .train import accuracy, predict, reinitialize, train
 
@@ -164,7 +164,7 @@ def _bisect_width(base: GraphNet, predict: Callable[[dict[str, Any]], float], ai
 
 def _report_dict(rep: LatencyReport) -> dict[str, Any]:
     return {"p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "mean_ms": rep.mean_ms, "runs": rep.runs,
-            "protocol": rep.protocol}
+            "protocol": rep.protocol, "p50_per_load_ms": rep.instance_p50_ms}
 
 
 def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: None,
@@ -358,13 +358,17 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     del supernet
     timings["rounds_s"] = time.perf_counter() - t
 
-    # Retrain (fine-tune inherited weights, or from scratch), export into the bundle, measure the
-    # bundle's own artifact. That measurement is the verdict; if it misses (the shared CPU is
-    # noisy; the pre-retrain rounds aimed under the budget) and rounds remain, shrink and redo.
+    # Retrain (fine-tune inherited weights, or from scratch), export, measure the exported
+    # artifact. That measurement is the verdict. If it misses (the shared CPU is noisy; the
+    # pre-retrain rounds aimed under the budget) and attempts remain, shrink and redo; if it lands
+    # under the budget but below the low-water mark at a width that can still grow, grow and redo.
+    # Each attempt is exported into a folder of its own; the bundle keeps the attempt closest
+    # under the budget (or the last, if none is under), exactly the files that were measured.
     history_retrain: list[dict[str, Any]] = []
     timings["retrain_s"] = timings["export_s"] = 0.0
     calibration = ds.x_train[: cfg.calibration_samples] if target.precision == "int8" else None
     with staged_bundle(p.out, cfg.overwrite) as tmp:
+        kept: dict[str, Any] | None = None
         for attempt in range(1, FINAL_ATTEMPTS + 1):
             if cfg.retrain_from == "scratch":
                 reinitialize(subnet, cfg.seed)
@@ -382,26 +386,28 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
 
             log(f"exporting {', '.join(p.exports)}")
             t = time.perf_counter()
-            if attempt > 1:
-                _clear_exports(tmp)
-            xctx = ExportContext(tmp, ds.x_test[: target.batch].clone(), target,
+            folder = tmp / f".attempt-{attempt}"
+            xctx = ExportContext(folder, ds.x_test[: target.batch].clone(), target,
                                  {"nas2deploy_version": __version__,
                                   "architecture": arch_final.to_json()},
                                  calibration=calibration)
             export_chain(subnet, p.exports, xctx)
             verification = _verify(subnet, p.exports, xctx, ds, cfg)
             timings["export_s"] += time.perf_counter() - t
+            this = {"attempt": attempt, "width": width, "subnet": subnet, "arch": arch_final,
+                    "xctx": xctx, "verification": verification, "final": None, "within": None,
+                    "verdict_budget": budget}
 
             if p.remote is not None:
-                final, within, run = None, None, None
+                kept = this
                 log(f"{target} not timed here; on the device run `nas2deploy build-engine "
                     f"BUNDLE` and `nas2deploy measure BUNDLE` for the verdict")
                 break
             log(f"measuring the exported model on {target}")
-            run = runner_for(subnet, target, tmp, xctx.artifacts)
-            standalone = measure(run, random_input(shape, cfg.seed), batch=target.batch,
-                                 threads=target.threads)
-            beside = side.time(run, seconds=VERDICT_SECONDS)
+            load = artifact_loader(subnet, target, folder, xctx.artifacts)
+            standalone = measure_instances(load, random_input(shape, cfg.seed),
+                                           batch=target.batch, threads=target.threads)
+            beside = side.time(load, seconds=VERDICT_SECONDS)
             if cfg.latency_ms is None:
                 # A budget that is a fraction of the largest subnet is checked as what it is: the
                 # ratio of the two, timed side by side now (the budget in ms is restated at the
@@ -410,14 +416,19 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 final = {"p50_ms": beside.raw_p50_ms, "p90_ms": beside.raw_p90_ms,
                          "runs": beside.runs, "protocol": side.protocol_line(VERDICT_SECONDS),
                          "largest_p50_ms": beside.reference_p50_ms,
-                         "ratio_to_largest": beside.ratio, "standalone": _report_dict(standalone)}
+                         "ratio_to_largest": beside.ratio,
+                         "ratio_per_load": beside.instance_ratios,
+                         "standalone": _report_dict(standalone)}
             else:
                 verdict_budget = budget
                 final = {**_report_dict(standalone),
                          "side_by_side": {"p50_ms": beside.raw_p50_ms,
                                           "largest_p50_ms": beside.reference_p50_ms,
-                                          "ratio_to_largest": beside.ratio}}
+                                          "ratio_to_largest": beside.ratio,
+                                          "ratio_per_load": beside.instance_ratios}}
             within = final["p50_ms"] <= verdict_budget
+            ratio = final["p50_ms"] / verdict_budget
+            this.update(final=final, within=within, verdict_budget=verdict_budget, ratio=ratio)
             rounds.append({"round": len(rounds) + 1, "width_multiplier": width,
                            "predicted_ms": arch_final.metadata["predicted_ms"],
                            "measured_p50_ms": final["p50_ms"], "measured_p90_ms": final["p90_ms"],
@@ -425,25 +436,58 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                            "macs": count_macs(subnet, example),
                            "stage": f"final (bundle artifact, attempt {attempt})"})
             log(f"bundle artifact: width x{width:g} measured p50 {final['p50_ms']:.4f} ms "
-                f"({final['p50_ms'] / verdict_budget:.2f} of budget)")
-            if within or attempt == FINAL_ATTEMPTS or width <= cfg.min_width:
+                f"({ratio:.2f} of budget)")
+            if kept is None or (within and (not kept["within"] or ratio > kept["ratio"])):
+                kept = this
+            elif not kept["within"]:
+                kept = this  # none under the budget yet: the latest (the narrowest) stands
+            low = within and ratio < LOW_WATER and width < 1.0
+            if attempt == FINAL_ATTEMPTS or (within and not low):
+                break
+            if not within and width <= cfg.min_width:
                 break
             # Re-aim with what the bundle itself measured (beside the largest, so in the rounds'
-            # units), and shrink by at least 3%.
+            # units): shrink by at least 3%, or grow by at least 3% towards the aim.
             if arch_final.metadata["predicted_ms"] > 0:
                 correction *= beside.p50_ms / arch_final.metadata["predicted_ms"]
             points.append((width, beside.p50_ms))
             between = secant(points, AIM * budget)
-            aimed = between if between is not None else bisect(base, AIM * budget)
-            width = max(cfg.min_width, min(round(aimed, 4), round(width * 0.97, 4)))
-            log(f"over budget; shrinking to x{width:g} and retraining")
+            aimed = round(between if between is not None else bisect(base, AIM * budget), 4)
+            if within:
+                nxt = min(1.0, max(aimed, round(width * 1.03, 4)))
+                if kept is not this and nxt >= kept["width"] - 1e-4:
+                    break  # growing back to an attempt that was already measured
+                log(f"{ratio:.2f} of budget, under the low-water mark {LOW_WATER:g}; growing to "
+                    f"x{nxt:g} and retraining")
+            else:
+                nxt = max(cfg.min_width, min(aimed, round(width * 0.97, 4)))
+                if kept["within"] and nxt <= kept["width"] + 1e-4:
+                    break  # shrinking to an attempt that was already under the budget
+                log(f"over budget; shrinking to x{nxt:g} and retraining")
+            width = nxt
             subnet = scaled(base, width)
+
+        # the bundle is the attempt kept: its folder's files move up into the bundle
+        attempt, width, subnet = kept["attempt"], kept["width"], kept["subnet"]
+        arch_final, xctx, verification = kept["arch"], kept["xctx"], kept["verification"]
+        final, within, verdict_budget = kept["final"], kept["within"], kept["verdict_budget"]
+        for child in list(xctx.bundle_dir.iterdir()):
+            child.rename(tmp / child.name)
+        xctx.bundle_dir = tmp
+        for extra in tmp.glob(".attempt-*"):
+            shutil.rmtree(extra)
+        if len([r for r in rounds if r["stage"].startswith("final")]) > 1:
+            log(f"keeping attempt {attempt} (width x{width:g})")
+        for r in rounds:
+            if r["stage"].startswith("final"):
+                r["kept"] = r["stage"].endswith(f"attempt {attempt})")
         top1 = accuracy(subnet, ds.x_test, ds.y_test)
         # fp16/int8 verification already ran the target runtime over the whole test split
         checked = verification["parity"].get(exporter_for_runtime(target.runtime), {})
         runtime_top1 = checked.get("top1")
-        if runtime_top1 is None and run is not None:
-            runtime_top1 = _runtime_top1(run, ds, target.batch)
+        if runtime_top1 is None and final is not None:
+            runtime_top1 = _runtime_top1(artifact_loader(subnet, target, tmp, xctx.artifacts)(),
+                                         ds, target.batch)
         arch_final.metadata["measured_p50_ms"] = final["p50_ms"] if final else None
         if p.remote is None:
             side.close()
@@ -515,12 +559,6 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"bundle written to {p.out}")
     return Result(p.out, manifest)
-
-
-def _clear_exports(folder: Path) -> None:
-    """Empty a staged bundle before exporting again, so no file of a discarded attempt stays."""
-    for child in folder.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def _verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Dataset,

@@ -6,9 +6,9 @@ import importlib.metadata as md
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 from . import registry
 from .errors import UnavailableError, UsageError
 from .exporter import Artifact, ExportContext, Exporter, Runner, torch_runner
-from .latency import LatencyReport, Protocol, measure
+from .latency import INSTANCES, LatencyReport, Protocol, measure_instances
 from .target import Target
 
 
@@ -84,26 +84,42 @@ def input_shape(model_input: tuple[int, int, int], batch: int) -> tuple[int, ...
     return (batch, *model_input)
 
 
-def probe_runner(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Runner:
-    """``model`` exported for ``target`` as a latency probe into ``folder``, loaded as deployed."""
+Loader = Callable[[], Runner]
+
+
+def artifact_loader(model: nn.Module | None, target: Target, bundle_dir: Path | None,
+                    artifacts: dict[str, Artifact]) -> Loader:
+    """Loads the artifact for ``target`` anew (a fresh compile or session) on every call."""
+    return lambda: runner_for(model, target, bundle_dir, artifacts)
+
+
+def probe_loader(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Loader:
+    """``model`` exported for ``target`` as a latency probe into ``folder``, once; the loader
+    loads it as deployed."""
     name = exporter_for_runtime(target.runtime)
     artifacts: dict[str, Artifact] = {}
     if name is not None:
         ctx = ExportContext(Path(folder), x, target, {}, probe=True)
         export_chain(model, [name], ctx)
         artifacts = ctx.artifacts
-    return runner_for(model, target, Path(folder), artifacts)
+    return artifact_loader(model, target, Path(folder), artifacts)
+
+
+def probe_runner(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Runner:
+    """``model`` exported for ``target`` as a latency probe into ``folder``, loaded as deployed."""
+    return probe_loader(model, target, folder, x)()
 
 
 def measure_model(model: nn.Module, target: Target, example_shape: tuple[int, ...],
-                  protocol: Protocol = Protocol()) -> LatencyReport:
-    """Export ``model`` for ``target`` into a scratch folder and time it there."""
+                  protocol: Protocol = Protocol(), instances: int = INSTANCES) -> LatencyReport:
+    """Export ``model`` for ``target`` into a scratch folder and time it there (the median over
+    ``instances`` fresh loads)."""
     check_target_device(target)
     x = torch.randn(*example_shape)
     with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
-        run = probe_runner(model, target, Path(tmp), x)
-        return measure(run, x.numpy(), batch=target.batch, threads=target.threads,
-                       protocol=protocol)
+        load = probe_loader(model, target, Path(tmp), x)
+        return measure_instances(load, x.numpy(), batch=target.batch, threads=target.threads,
+                                 protocol=protocol, instances=instances)
 
 
 @dataclass
@@ -115,61 +131,82 @@ class SideTiming:
     reference_p50_ms: float  # the reference, timed beside it
     ratio: float  # raw_p50_ms / reference_p50_ms
     runs: int
+    instance_ratios: list[float] = field(default_factory=list)  # one per pair of fresh loads
 
 
 class SideBySide:
-    """Times networks beside one reference network, interleaved round by round in one run.
+    """Times networks beside one reference network, interleaved round by round.
 
     A shared CPU's speed drifts by more than the window the closed loop aims into: on the 2-vCPU
     development VM one network's p50 moved 0.135 → 0.164 ms between measurements a minute apart.
     Networks timed beside each other drift together, so their ratio holds. A network's latency
     is reported as its ratio to the reference times ``reference_ms`` (the reference's p50 when
-    the budget was set): what it would have measured then. ``seconds``: timed calls per network
-    per measurement, in 21 interleaved rounds.
+    the budget was set): what it would have measured then.
+
+    The ratio also depends on the load: one compile of the same files ran up to 6% faster or
+    slower than the next, for the candidate and the reference alike (see ``INSTANCES``). So each
+    measurement loads both anew ``instances`` times, times each pair interleaved in 21 rounds
+    (``seconds`` of calls per network in all, split between the pairs) and reports the median
+    of the pairs' ratios.
     """
 
     ROUNDS = 21
 
     def __init__(self, reference: nn.Module, target: Target, example_shape: tuple[int, ...],
-                 reference_ms: float, seconds: float = 1.0):
+                 reference_ms: float, seconds: float = 1.5, instances: int = INSTANCES):
         check_target_device(target)
-        self.target, self.reference_ms, self.seconds = target, float(reference_ms), seconds
+        self.target, self.reference_ms = target, float(reference_ms)
+        self.seconds, self.instances = seconds, instances
         self._x = torch.randn(*example_shape, generator=torch.Generator().manual_seed(0))
         self._dir = tempfile.TemporaryDirectory(prefix="nas2deploy-reference-")
-        self._ref = probe_runner(reference, target, Path(self._dir.name), self._x)
+        self._load_ref: Loader | None = probe_loader(reference, target, Path(self._dir.name),
+                                                     self._x)
 
     def protocol_line(self, seconds: float | None = None) -> str:
-        return (f"timed side by side with the largest subnet, interleaved: 5 warm-up calls each, "
-                f"then {self.ROUNDS} rounds, about {seconds or self.seconds:g} s of calls per "
-                f"network, each call timed alone with perf_counter; p50 over all calls; batch "
+        return (f"timed side by side with the largest subnet: {self.instances} pairs of fresh "
+                f"loads (compiled or opened anew), each pair interleaved over {self.ROUNDS} "
+                f"rounds after 5 warm-up calls each, about {seconds or self.seconds:g} s of calls "
+                f"per network in all, each call timed alone with perf_counter; p50 per load over "
+                f"its calls, ratio to the reference per pair, median over pairs; batch "
                 f"{self.target.batch}, {self.target.threads} intra-op thread(s)")
 
-    def time(self, run: Runner, seconds: float | None = None) -> SideTiming:
+    def time(self, load: Loader, seconds: float | None = None) -> SideTiming:
+        """Time the network ``load()`` loads beside the reference."""
         from .lut import TableProtocol, time_interleaved
 
-        seconds = self.seconds if seconds is None else seconds
+        if self._load_ref is None:
+            raise RuntimeError("SideBySide is closed")
+        share = (self.seconds if seconds is None else seconds) / self.instances
         x = self._x.numpy()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            run(x)
-            self._ref(x)
-        per_call = max((time.perf_counter() - t0) / 10, 1e-6)
-        calls = int(min(max(seconds / self.ROUNDS / per_call, 3), 2000))
-        cand, ref = time_interleaved([run, self._ref], [x, x],
-                                     TableProtocol(warmup=5, rounds=self.ROUNDS, calls=calls))
-        ratio = cand.p50_ms / ref.p50_ms
+        pairs = []
+        for _ in range(self.instances):
+            run, ref = load(), self._load_ref()
+            t0 = time.perf_counter()
+            for _ in range(5):
+                run(x)
+                ref(x)
+            per_call = max((time.perf_counter() - t0) / 10, 1e-6)
+            calls = int(min(max(share / self.ROUNDS / per_call, 3), 2000))
+            pairs.append(time_interleaved([run, ref], [x, x],
+                                          TableProtocol(warmup=5, rounds=self.ROUNDS, calls=calls)))
+            del run, ref
+        ratios = [c.p50_ms / r.p50_ms for c, r in pairs]
+        ratio = float(np.median(ratios))
+        ref_p50 = float(np.median([r.p50_ms for _, r in pairs]))
         return SideTiming(p50_ms=ratio * self.reference_ms,
-                          p90_ms=cand.p90_ms / ref.p50_ms * self.reference_ms,
-                          raw_p50_ms=cand.p50_ms, raw_p90_ms=cand.p90_ms,
-                          reference_p50_ms=ref.p50_ms, ratio=ratio,
-                          runs=cand.runs)
+                          p90_ms=float(np.median([c.p90_ms / r.p50_ms for c, r in pairs]))
+                          * self.reference_ms,
+                          raw_p50_ms=ratio * ref_p50,
+                          raw_p90_ms=float(np.median([c.p90_ms for c, _ in pairs])),
+                          reference_p50_ms=ref_p50, ratio=ratio,
+                          runs=sum(c.runs for c, _ in pairs), instance_ratios=ratios)
 
     def measure(self, model: nn.Module) -> SideTiming:
         with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
-            return self.time(probe_runner(model, self.target, Path(tmp), self._x))
+            return self.time(probe_loader(model, self.target, Path(tmp), self._x))
 
     def close(self) -> None:
-        self._ref = None
+        self._load_ref = None
         self._dir.cleanup()
 
 

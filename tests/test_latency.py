@@ -180,17 +180,53 @@ def test_side_by_side_reports_the_ratio_at_the_reference_speed_of_the_start():
 
     net = build_network(spec(8, 16)).eval()
     side = SideBySide(net, Target.parse("torch:cpu"), (1, 1, 16, 16), reference_ms=0.5,
-                      seconds=0.2)
-    try:
+                      seconds=0.3, instances=3)
+    loads = []
+
+    def load():
+        loads.append(1)
+
         def slow(x):
             time.sleep(0.003)
             return np.zeros((1, 10), np.float32)
+        return slow
 
-        t = side.time(slow)
+    try:
+        t = side.time(load)
     finally:
         side.close()
+    assert len(loads) == 3 and len(t.instance_ratios) == 3  # a fresh load per pair
     assert t.raw_p50_ms >= 3.0 and t.ratio > 3.0
+    assert t.ratio == pytest.approx(float(np.median(t.instance_ratios)))
     assert t.ratio == pytest.approx(t.raw_p50_ms / t.reference_p50_ms)
     assert t.p50_ms == pytest.approx(t.ratio * 0.5)
-    assert t.runs >= SideBySide.ROUNDS * 3
-    assert "side by side" in side.protocol_line()
+    assert t.runs >= SideBySide.ROUNDS * 3 * 3
+    assert "3 pairs of fresh loads" in side.protocol_line()
+    with pytest.raises(RuntimeError, match="closed"):
+        side.time(load)
+
+
+def test_measure_instances_is_the_median_over_fresh_loads():
+    """Each load is timed on its own share of the protocol; the p50 is the median load's, so one
+    slow (or fast) compile of the same files does not decide the figure."""
+    from nas2deploy.latency import measure_instances
+
+    delays = iter([0.001, 0.004, 0.002])
+    calls: list[float] = []
+
+    def load():
+        d = next(delays)
+
+        def run(x):
+            calls.append(d)
+            time.sleep(d)
+        return run
+
+    proto = Protocol(warmup=1, runs=30, min_runs=5, max_seconds=60.0, min_seconds=0.0)
+    rep = measure_instances(load, np.zeros((1, 1), np.float32), protocol=proto, instances=3)
+    assert len(rep.instance_p50_ms) == 3
+    assert rep.instance_p50_ms[0] < rep.instance_p50_ms[2] < rep.instance_p50_ms[1]
+    assert rep.p50_ms == rep.instance_p50_ms[2]  # the middle load, not the pooled calls
+    assert calls.count(0.004) == 1 + 10  # warm-up, then runs split three ways
+    assert rep.runs == 30 and "median over 3 fresh loads" in rep.protocol
+    assert "instance_p50_ms" in rep.to_dict()
