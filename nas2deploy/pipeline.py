@@ -290,8 +290,20 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     width = bisect(base, AIM * budget)
     tried: set[float] = set()
     points: list[tuple[float, float]] = []  # (width, measured ms) of the architecture now scaled
-    best: tuple[float, GraphNet, SideTiming] | None = None
+    # the candidate closest under the budget: (width, net, timing, architecture, its full width)
+    best: tuple[float, GraphNet, SideTiming, Architecture, GraphNet] | None = None
     level = 0  # prune_further level of the architecture the rounds scale
+    resized = 0  # times the method re-sized the architecture (``SearchMethod.resize``)
+
+    def resize(a: Architecture, measured_ms: float) -> Architecture | None:
+        """The method's own lever at full width: ``a`` re-sized towards the aim."""
+        new = method.resize(supernet, a, AIM * budget / measured_ms)
+        if new is None or new.network == a.network:
+            return None
+        log(f"{measured_ms / budget:.2f} of budget at full width; {method.name} re-sized the "
+            f"architecture towards {AIM:g} of it ({new.decisions.get('note', '')})")
+        return new
+
     if p.remote is not None:  # nothing to measure here: the table's width is the answer
         cand = scaled(base, width)
         rounds.append({"round": 1, "width_multiplier": width, "predicted_ms": predict(cand.spec()),
@@ -309,13 +321,14 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                        "predicted_ms": predicted, "measured_p50_ms": rep.p50_ms,
                        "measured_p90_ms": rep.p90_ms, "within_budget": within,
                        "params": count_params(cand), "macs": count_macs(cand, example),
-                       "prune_further_level": level, "stage": "pre-retrain"})
+                       "prune_further_level": level, "resized": resized,
+                       "stage": "pre-retrain"})
         log(f"round {len(rounds)}: width x{width:g} predicted {predicted:.4f} ms, measured p50 "
             f"{rep.p50_ms:.4f} ms ({rep.p50_ms / budget:.2f} of budget)")
         if predicted > 0:
             correction *= rep.p50_ms / predicted
-        if within and (best is None or width > best[0]):
-            best = (width, cand, rep)
+        if within and (best is None or rep.p50_ms > best[2].p50_ms):
+            best = (width, cand, rep, arch, base)
         points.append((width, rep.p50_ms))
         nxt = round(bisect(base, AIM * budget), 4)
         # Once measurements lie on both sides of the aim, they decide the width, not the
@@ -324,8 +337,18 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         between = secant(points, AIM * budget)
         if between is not None:
             nxt = round(min(max(between, cfg.min_width), 1.0), 4)
+        low = rep.p50_ms < LOW_WATER * budget
+        if width >= 1.0 and (low or not within):
+            new = resize(arch, rep.p50_ms)
+            if new is not None:
+                resized += 1
+                arch, base = new, materialize_decided(new)
+                tried.clear()
+                points.clear()
+                width = 1.0
+                continue
         if within:
-            if rep.p50_ms >= LOW_WATER * budget or width >= 1.0 or nxt <= width + 1e-3:
+            if not low or width >= 1.0 or nxt <= width + 1e-3:
                 break
         else:
             if width <= cfg.min_width:
@@ -352,10 +375,9 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             break
         width = nxt
     if best is not None:
-        width, subnet, _ = best
+        width, subnet, _, arch, base = best
     else:
         subnet = cand
-    del supernet
     timings["rounds_s"] = time.perf_counter() - t
 
     # Retrain (fine-tune inherited weights, or from scratch), export, measure the exported
@@ -433,7 +455,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                            "predicted_ms": arch_final.metadata["predicted_ms"],
                            "measured_p50_ms": final["p50_ms"], "measured_p90_ms": final["p90_ms"],
                            "within_budget": within, "params": count_params(subnet),
-                           "macs": count_macs(subnet, example),
+                           "macs": count_macs(subnet, example), "resized": resized,
                            "stage": f"final (bundle artifact, attempt {attempt})"})
             log(f"bundle artifact: width x{width:g} measured p50 {final['p50_ms']:.4f} ms "
                 f"({ratio:.2f} of budget)")
@@ -441,10 +463,18 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                 kept = this
             elif not kept["within"]:
                 kept = this  # none under the budget yet: the latest (the narrowest) stands
-            low = within and ratio < LOW_WATER and width < 1.0
+            low = within and ratio < LOW_WATER
             if attempt == FINAL_ATTEMPTS or (within and not low):
                 break
-            if not within and width <= cfg.min_width:
+            if width >= 1.0:  # the method's own lever first, as in the rounds
+                new = resize(arch, beside.p50_ms)
+                if new is not None:
+                    resized += 1
+                    arch, base = new, materialize_decided(new)
+                    points.clear()
+                    subnet = scaled(base, 1.0)
+                    continue
+            if (within and width >= 1.0) or (not within and width <= cfg.min_width):
                 break
             # Re-aim with what the bundle itself measured (beside the largest, so in the rounds'
             # units): shrink by at least 3%, or grow by at least 3% towards the aim.
@@ -536,7 +566,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
                          "runtime_top1": runtime_top1, "runtime": target.runtime},
             "model": {"params": count_params(subnet), "macs": count_macs(subnet, example),
                       "width_multiplier": width, "nodes": len(arch_final.network["nodes"]),
-                      "prune_further_level": level},
+                      "prune_further_level": level, "resized": resized},
             "search": {"epochs": epochs, "history": ctx.history,
                        "measurements": [{k: v for k, v in m.items() if k != "spec"}
                                         for m in ctx.measurements]},

@@ -56,13 +56,19 @@ def scripted_side(verdicts: list[float], loads: list[int]):
     return ScriptedSide
 
 
-def run(tmp_path: Path, monkeypatch, verdicts: list[float]):
+RANDOM = {"samples": 1, "layers": 2, "width": 16}
+TINY_TFNAS = {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2, "tail_channels": 32,
+              "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]]}
+
+
+def run(tmp_path: Path, monkeypatch, verdicts: list[float], method: str = "random",
+        options: dict | None = None, search_epochs: int = 1):
     loads: list[int] = []
     monkeypatch.setattr(pipeline, "SideBySide", scripted_side(list(verdicts), loads))
-    cfg = RunConfig(method="random", target="openvino:cpu", export=["onnx", "openvino"],
-                    input_size=16, search_epochs=1, retrain_epochs=1, latency_fraction=0.5,
-                    out=str(tmp_path / "bundle"),
-                    method_options={"samples": 1, "layers": 2, "width": 16})
+    cfg = RunConfig(method=method, target="openvino:cpu", export=["onnx", "openvino"],
+                    input_size=16, search_epochs=search_epochs, retrain_epochs=1,
+                    latency_fraction=0.5, out=str(tmp_path / "bundle"),
+                    method_options=options or RANDOM)
     result = pipeline.search_and_export(cfg)
     finals = [r for r in result.manifest["latency"]["rounds"] if r["stage"].startswith("final")]
     return result, finals, loads
@@ -111,4 +117,20 @@ def test_an_earlier_attempt_under_budget_is_kept_when_the_last_misses(
 def test_a_verdict_in_the_window_is_final(random_plugin, tmp_path, monkeypatch):
     result, finals, loads = run(tmp_path, monkeypatch, [0.93])
     assert len(finals) == len(loads) == 1 and finals[0]["kept"]
+    bundle_matches_its_files(result.out, result.manifest)
+
+
+def test_at_full_width_the_method_re_sizes_before_the_width_multiplier(tmp_path, monkeypatch):
+    """TF-NAS at width 1.0 with a verdict under the low-water mark: the pipeline asks the
+    method to re-size its architecture (``SearchMethod.resize``: elastic widths, then depth),
+    retrains the larger network, and keeps it when it lands in the window."""
+    result, finals, loads = run(tmp_path, monkeypatch, [0.80, 0.95], method="tfnas",
+                                options=TINY_TFNAS, search_epochs=2)
+    assert len(finals) == len(loads) == 2
+    assert [r["width_multiplier"] for r in finals] == [1.0, 1.0]
+    assert finals[1]["resized"] == finals[0]["resized"] + 1
+    assert finals[1]["macs"] > finals[0]["macs"]
+    assert [r["kept"] for r in finals] == [False, True]
+    assert result.manifest["model"]["resized"] == finals[1]["resized"]
+    assert result.manifest["latency"]["ratio_to_budget"] == pytest.approx(0.95)
     bundle_matches_its_files(result.out, result.manifest)

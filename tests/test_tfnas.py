@@ -661,3 +661,37 @@ def test_landing_aims_by_the_secant_once_the_target_is_bracketed():
     assert _next_aim([(1.0, 0.8), (1.5, 1.3)], 1.0) == pytest.approx(1.2)
     # the nearest points either side are used, not the latest
     assert _next_aim([(0.5, 0.4), (1.0, 0.8), (2.0, 1.8), (1.5, 1.3)], 1.0) == pytest.approx(1.2)
+
+
+def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
+    """``resize`` (the pipeline's lever at full width) starts from the architecture it is given,
+    not from wherever the supernet was left, and lands the estimate just under factor × its
+    estimate, in both directions; growing past the max widths adds depth first."""
+    method, net, op = pinned("k3_e6", exit=0)
+    lut = SynthLUT()
+    net.cost_table = table = method.cost_table(net, lut)
+    for block in net.blocks():  # mid widths halfway, so both directions have room
+        block.ops[op].set_width((block.ops[op].mid_min + block.ops[op].mid_max) // 2)
+    arch = method.decide(net)
+    est = arch.metadata["predicted_ms"]
+
+    smaller = method.resize(net, arch, 0.9)
+    assert smaller is not None and smaller.network != arch.network
+    assert 0.9 * est * 0.97 <= smaller.metadata["predicted_ms"] <= 0.9 * est
+    for block in net.blocks():  # the supernet moved: resize must restore ``arch`` first
+        block.ops[op].set_width(block.ops[op].mid_min)
+    larger = method.resize(net, arch, 1.08)
+    assert larger is not None
+    assert est < larger.metadata["predicted_ms"] <= 1.08 * est
+    assert larger.decisions["depths"] == arch.decisions["depths"]
+
+    at_max = table.parsed(net.parsed_ops(), arch.decisions["depths"],
+                          [b.ops[op].mid_max for b in net.blocks()])
+    deeper = method.resize(net, arch, 1.05 * at_max / est)
+    assert sum(deeper.decisions["depths"]) > sum(arch.decisions["depths"])
+    assert method.inherited_weights(net, deeper)  # the re-sized architecture inherits weights
+
+    with pytest.raises(UsageError, match="did not decide"):
+        method.resize(net, method.smallest(net), 1.1)
+    method2, fresh = tiny()
+    assert method2.resize(fresh, method2.decide(fresh), 1.2) is None  # no search, no table

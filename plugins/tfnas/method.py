@@ -15,7 +15,7 @@ from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
 from .config import OP_NAMES, TFNASConfig
 from .cost import CostTable
 from .derive import decisions, inherited, network_spec, parsed
-from .search import run_search
+from .search import resize, run_search, set_depths
 from .space import TFNASSupernet
 
 CHEAPEST = OP_NAMES.index("k3_e3")
@@ -130,6 +130,28 @@ class TFNAS(SearchMethod):
             arch.decisions["measured_ms"] = net.measured_ms
             arch.decisions["estimate_correction"] = net.estimate_correction
         return arch
+
+    def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
+        """``arch`` (decided from this supernet) re-landed by the elastic step at ``factor`` × its
+        estimated latency: widths per block in the target's channel multiple, and depth first
+        when growing past the max widths. None without a cost table (no search ran) or when
+        nothing moved."""
+        net = self._check(supernet)
+        table = getattr(net, "cost_table", None)
+        if table is None:
+            return None
+        ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
+        if ops != net.parsed_ops():
+            raise UsageError("tfnas: resize() of an architecture this supernet did not decide")
+        set_depths(net, arch.decisions["depths"])
+        for block, op, b in zip(net.blocks(), ops, arch.decisions["blocks"]):
+            block.ops[op].set_width(int(b["mid"]))
+        if not resize(net, table, factor, self.config.elastic_refine,
+                      getattr(net, "channel_multiple", 1)):
+            return None
+        new = self.decide(net)
+        new.decisions["note"] = f"re-landed at x{factor:.3f} of its estimated latency"
+        return new
 
     def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
         net = self._check(supernet)

@@ -170,7 +170,7 @@ class Landing:
         T / measured. A multiplicative correction alone oscillates when the estimate's slope in
         width is off: on OpenVINO one landing went 0.84 T → 1.25 T → 0.81 T → 1.43 T. When even
         the parsed ops' max widths cannot reach T, widths alone cannot land it (their range is
-        [max/2, max]); the parsed depth then grows first (``grow``)."""
+        [max/2, max]); the parsed depth then grows first (``grow_depth``)."""
         ms = self.last_ms if self.last_ms is not None else self.measure()
         best = (ms, self._state()) if ms <= self.target * (1 + tolerance) else None
         points = [(self.last_predicted, ms)]
@@ -179,7 +179,8 @@ class Landing:
                 break
             before = self._state()
             grown = 0
-            while ms < self.target and self._max_width_latency() < self.aim and self.grow():
+            while (ms < self.target and max_width_latency(self.net, self.table) < self.aim
+                   and grow_depth(self.net)):
                 grown += 1
             if grown:
                 points = []  # another architecture: its aim-to-latency curve starts afresh
@@ -210,27 +211,48 @@ class Landing:
         set_all_widths(self.net, mids)
         set_depths(self.net, depths)
 
-    def _max_width_latency(self) -> float:
-        ops, depths = self.net.parsed_ops(), self.net.parsed_depths()
-        return self.table.parsed(ops, depths, [b.ops[o].mid_max for b, o in zip(self.net.blocks(), ops)])
 
-    def grow(self) -> bool:
-        """One block more in the stage whose β gives the next depth the highest probability
-        (the exit the search most nearly chose); False when every stage is at full depth. This
-        is nas2deploy's addition: after a short search the parsed (argmax) architecture can sit
-        far from the expectation the latency term steered, and no width reaches T."""
-        depths = self.net.parsed_depths()
-        best, best_p = None, -1.0
-        with torch.no_grad():
-            for s, (beta, d) in enumerate(zip(self.net.betas, depths)):
-                if d < len(beta):
-                    p = float(torch.softmax(beta, 0)[d])
-                    if p > best_p:
-                        best, best_p = s, p
-        if best is None:
-            return False
-        set_depths(self.net, [d + (s == best) for s, d in enumerate(depths)])
-        return True
+def max_width_latency(net: TFNASSupernet, table: CostTable) -> float:
+    """The parsed architecture's estimate with every parsed op at its max width."""
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    return table.parsed(ops, depths, [b.ops[o].mid_max for b, o in zip(net.blocks(), ops)])
+
+
+def grow_depth(net: TFNASSupernet) -> bool:
+    """One block more in the stage whose β gives the next depth the highest probability (the
+    exit the search most nearly chose); False when every stage is at full depth. This is
+    nas2deploy's addition: after a short search the parsed (argmax) architecture can sit far from
+    the expectation the latency term steered, and no width reaches T."""
+    depths = net.parsed_depths()
+    best, best_p = None, -1.0
+    with torch.no_grad():
+        for s, (beta, d) in enumerate(zip(net.betas, depths)):
+            if d < len(beta):
+                p = float(torch.softmax(beta, 0)[d])
+                if p > best_p:
+                    best, best_p = s, p
+    if best is None:
+        return False
+    set_depths(net, [d + (s == best) for s, d in enumerate(depths)])
+    return True
+
+
+def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = True,
+           multiple: int = 1) -> bool:
+    """Re-land the parsed architecture at ``factor`` × its estimated latency: the elastic step
+    aimed there, after growing the depth while even the max widths fall short. What the pipeline
+    asks for when the measured latency of the decided network (or its bundle) lies outside the
+    window: widths move block by block, in the target's channel multiple, where a uniform width
+    multiplier on onnxruntime moves every layer by a whole 16-channel block at once (one TF-NAS
+    net: 1.53M MACs at x1.0, 1.13M at x0.99). True when the architecture changed."""
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    mids = [b.ops[o].mid for b, o in zip(net.blocks(), ops)]
+    aim = factor * table.parsed(ops, depths, mids)
+    before = (net.mids(), depths)
+    while factor > 1 and max_width_latency(net, table) < aim and grow_depth(net):
+        pass
+    elastic_step(net, table, aim, refine, multiple)
+    return (net.mids(), net.parsed_depths()) != before
 
 
 def _next_aim(points: list[tuple[float, float]], target: float) -> float:
@@ -389,10 +411,11 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
     table = method.cost_table(net, ctx.latency_model)
     target = cfg.target_fraction * float(ctx.budget_ms) if ctx.budget_ms else None
     net.cost_table, net.target_ms = table, target
+    net.channel_multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
     n_batches = len(epoch_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
     searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
     measure = getattr(ctx, "measure", None)
-    multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
+    multiple = net.channel_multiple
     landing = (Landing(net, table, target, measure, multiple)
                if measure is not None and target and cfg.elastic and cfg.measured_landing
                else None)
