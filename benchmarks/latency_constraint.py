@@ -30,6 +30,21 @@ from nas2deploy.pipeline import search_and_export  # noqa: E402
 LO, HI = 0.90, 1.00
 
 
+def trace(m: dict) -> str:
+    """The run's rounds as ``stage width:ratio``: p pre-retrain (ratio to the budget at start),
+    f final attempt (its verdict; * kept), with r where the method re-sized the architecture
+    before it."""
+    lat, out, resized = m["latency"], [], 0
+    for r in lat["rounds"]:
+        tag = "p" if r["stage"] == "pre-retrain" else "f"
+        mark = "r" if r.get("resized", 0) > resized else ""
+        resized = r.get("resized", resized)
+        kept = "*" if r.get("kept") else ""
+        ratio = r.get("ratio_to_budget") or r["measured_p50_ms"] / lat["budget_ms_at_start"]
+        out.append(f"{mark}{tag}{r['width_multiplier']:.3f}:{ratio:.3f}{kept}")
+    return "#   " + " ".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", "--method", default="dsonas,densenas,tfnas")
@@ -39,6 +54,8 @@ def main() -> None:
     ap.add_argument("--search-epochs", type=int, default=None)
     ap.add_argument("--retrain-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", action="store_true",
+                    help="after each run, one line per closed-loop round and final attempt")
     args = ap.parse_args()
     print(machine_line())
     print(f"# window [{LO:.2f}, {HI:.2f}] of budget; p50 at batch 1, 1 thread; retrain "
@@ -69,6 +86,8 @@ def main() -> None:
                           f"{lat['measured']['p50_ms']:>9.4f} {ratio:>6.3f} "
                           f"{len(lat['rounds']):>6} {m['model']['width_multiplier']:>6.3f} "
                           f"{top1:>6.3f} {time.perf_counter() - t0:>7.0f}", flush=True)
+                    if args.trace:
+                        print(trace(m), flush=True)
     hits = total = 0
     for method, rows in per_method.items():
         ratios = [r for r, _ in rows]

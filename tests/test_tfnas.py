@@ -666,7 +666,7 @@ def test_landing_aims_by_the_secant_once_the_target_is_bracketed():
 def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
     """``resize`` (the pipeline's lever at full width) starts from the architecture it is given,
     not from wherever the supernet was left, and lands the estimate just under factor × its
-    estimate, in both directions; growing past the max widths adds depth first."""
+    estimate, in both directions; past the max (min) widths the depth grows (shrinks) first."""
     method, net, op = pinned("k3_e6", exit=0)
     lut = SynthLUT()
     net.cost_table = table = method.cost_table(net, lut)
@@ -690,6 +690,19 @@ def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
     deeper = method.resize(net, arch, 1.05 * at_max / est)
     assert sum(deeper.decisions["depths"]) > sum(arch.decisions["depths"])
     assert method.inherited_weights(net, deeper)  # the re-sized architecture inherits weights
+
+    _, deep, op = pinned("k3_e6", exit=0)
+    with torch.no_grad():
+        for b in deep.betas:  # every stage at full depth
+            b[-1] = 10.0
+    deep.cost_table = method.cost_table(deep, lut)
+    full = method.decide(deep)
+    at_min = deep.cost_table.parsed(deep.parsed_ops(), full.decisions["depths"],
+                                    [b.ops[op].mid_min for b in deep.blocks()])
+    aim = 0.97 * at_min
+    shallower = method.resize(deep, full, aim / full.metadata["predicted_ms"])
+    assert sum(shallower.decisions["depths"]) < sum(full.decisions["depths"])
+    assert shallower.metadata["predicted_ms"] <= aim * (1 + 1e-9)
 
     with pytest.raises(UsageError, match="did not decide"):
         method.resize(net, method.smallest(net), 1.1)

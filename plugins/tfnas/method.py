@@ -134,7 +134,7 @@ class TFNAS(SearchMethod):
     def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
         """``arch`` (decided from this supernet) re-landed by the elastic step at ``factor`` × its
         estimated latency: widths per block in the target's channel multiple, and depth first
-        when growing past the max widths. None without a cost table (no search ran) or when
+        when growing past the max widths (or shrinking past the min widths). None without a cost table (no search ran) or when
         nothing moved."""
         net = self._check(supernet)
         table = getattr(net, "cost_table", None)

@@ -218,6 +218,29 @@ def max_width_latency(net: TFNASSupernet, table: CostTable) -> float:
     return table.parsed(ops, depths, [b.ops[o].mid_max for b, o in zip(net.blocks(), ops)])
 
 
+def min_width_latency(net: TFNASSupernet, table: CostTable) -> float:
+    """The parsed architecture's estimate with every parsed op at its min width."""
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    return table.parsed(ops, depths, [b.ops[o].mid_min for b, o in zip(net.blocks(), ops)])
+
+
+def shrink_depth(net: TFNASSupernet) -> bool:
+    """One block fewer in the stage whose β gives the shallower exit the highest probability;
+    False when every stage is at depth 1. The mirror of ``grow_depth``."""
+    depths = net.parsed_depths()
+    best, best_p = None, -1.0
+    with torch.no_grad():
+        for s, (beta, d) in enumerate(zip(net.betas, depths)):
+            if d > 1:
+                p = float(torch.softmax(beta, 0)[d - 2])
+                if p > best_p:
+                    best, best_p = s, p
+    if best is None:
+        return False
+    set_depths(net, [d - (s == best) for s, d in enumerate(depths)])
+    return True
+
+
 def grow_depth(net: TFNASSupernet) -> bool:
     """One block more in the stage whose β gives the next depth the highest probability (the
     exit the search most nearly chose); False when every stage is at full depth. This is
@@ -240,7 +263,8 @@ def grow_depth(net: TFNASSupernet) -> bool:
 def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = True,
            multiple: int = 1) -> bool:
     """Re-land the parsed architecture at ``factor`` × its estimated latency: the elastic step
-    aimed there, after growing the depth while even the max widths fall short. What the pipeline
+    aimed there, after growing the depth while even the max widths fall short (or shrinking it
+    while even the min widths are too slow). What the pipeline
     asks for when the measured latency of the decided network (or its bundle) lies outside the
     window: widths move block by block, in the target's channel multiple, where a uniform width
     multiplier on onnxruntime moves every layer by a whole 16-channel block at once (one TF-NAS
@@ -250,6 +274,8 @@ def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = T
     aim = factor * table.parsed(ops, depths, mids)
     before = (net.mids(), depths)
     while factor > 1 and max_width_latency(net, table) < aim and grow_depth(net):
+        pass
+    while factor < 1 and min_width_latency(net, table) > aim and shrink_depth(net):
         pass
     elastic_step(net, table, aim, refine, multiple)
     return (net.mids(), net.parsed_depths()) != before
