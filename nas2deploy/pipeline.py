@@ -298,10 +298,10 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     tried: set[float] = set()
     points: list[tuple[float, float]] = []  # (width, measured ms) of the architecture now scaled
     # the candidate under the budget closest to the aim: (width, net, timing, architecture, its
-    # full width)
-    best: tuple[float, GraphNet, SideTiming, Architecture, GraphNet] | None = None
+    # full width, times re-sized)
+    best: tuple[float, GraphNet, SideTiming, Architecture, GraphNet, int] | None = None
     level = 0  # prune_further level of the architecture the rounds scale
-    resized = 0  # times the method re-sized the architecture (``SearchMethod.resize``)
+    resized = 0  # re-sizes by the method (SearchMethod.resize) behind the net now scaled
 
     sizes: list[tuple[float, float]] = []  # (estimate, measured ms) of each re-sized network
 
@@ -347,7 +347,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             correction *= rep.p50_ms / predicted
         if within and (best is None or abs(rep.p50_ms - AIM * budget)
                        < abs(best[2].p50_ms - AIM * budget)):
-            best = (width, cand, rep, arch, base)
+            best = (width, cand, rep, arch, base, resized)
         points.append((width, rep.p50_ms))
         nxt = round(bisect(base, AIM * budget), 4)
         # Once measurements lie on both sides of the aim, they decide the width, not the
@@ -394,7 +394,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             break
         width = nxt
     if best is not None:
-        width, subnet, _, arch, base = best
+        width, subnet, _, arch, base, resized = best
     else:
         subnet = cand
     timings["rounds_s"] = time.perf_counter() - t

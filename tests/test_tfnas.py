@@ -704,7 +704,26 @@ def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
     assert sum(shallower.decisions["depths"]) < sum(full.decisions["depths"])
     assert shallower.metadata["predicted_ms"] <= aim * (1 + 1e-9)
 
-    with pytest.raises(UsageError, match="did not decide"):
-        method.resize(net, method.smallest(net), 1.1)
+    # full depth, max widths: only a costlier op can grow it; k3_e6 → one of the k5/SE ops
+    _, deep, op = pinned("k3_e6", exit=0)
+    with torch.no_grad():
+        for b in deep.betas:
+            b[-1] = 10.0
+    for block in deep.blocks():
+        block.ops[op].set_width(block.ops[op].mid_max)
+    deep.cost_table = method.cost_table(deep, lut)
+    at_max = method.decide(deep)
+    assert at_max.decisions["depths"] == [len(b) for b in deep.betas]
+    upgraded = method.resize(deep, at_max, 1.1)
+    assert upgraded is not None and upgraded.decisions["depths"] == at_max.decisions["depths"]
+    changed = [(a["op"], b["op"]) for a, b in zip(at_max.decisions["blocks"],
+                                                  upgraded.decisions["blocks"]) if a["op"] != b["op"]]
+    assert changed and all(a == "k3_e6" for a, _ in changed)
+    assert at_max.metadata["predicted_ms"] < upgraded.metadata["predicted_ms"] \
+        <= 1.1 * at_max.metadata["predicted_ms"]
+
+    other, _ = tiny(stem_channels=16)
+    with pytest.raises(UsageError, match="another space"):
+        method.resize(net, other.smallest(other.build(TINY_TASK)), 1.1)
     method2, fresh = tiny()
     assert method2.resize(fresh, method2.decide(fresh), 1.2) is None  # no search, no table

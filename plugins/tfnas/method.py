@@ -15,7 +15,7 @@ from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
 from .config import OP_NAMES, TFNASConfig
 from .cost import CostTable
 from .derive import decisions, inherited, network_spec, parsed
-from .search import resize, run_search, set_depths
+from .search import resize, run_search, set_depths, set_ops
 from .space import TFNASSupernet
 
 CHEAPEST = OP_NAMES.index("k3_e3")
@@ -133,16 +133,17 @@ class TFNAS(SearchMethod):
 
     def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
         """``arch`` (decided from this supernet) re-landed by the elastic step at ``factor`` × its
-        estimated latency: widths per block in the target's channel multiple, and depth first
-        when growing past the max widths (or shrinking past the min widths). None without a cost table (no search ran) or when
+        estimated latency: widths per block in the target's channel multiple; depth, then ops,
+        first when growing past the max widths, depth when shrinking past the min widths. None without a cost table (no search ran) or when
         nothing moved."""
         net = self._check(supernet)
         table = getattr(net, "cost_table", None)
         if table is None:
             return None
+        if arch.space.get("fingerprint") != self.space(net)["fingerprint"]:
+            raise UsageError("tfnas: resize() of an architecture from another space")
         ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
-        if ops != net.parsed_ops():
-            raise UsageError("tfnas: resize() of an architecture this supernet did not decide")
+        set_ops(net, ops)
         set_depths(net, arch.decisions["depths"])
         for block, op, b in zip(net.blocks(), ops, arch.decisions["blocks"]):
             block.ops[op].set_width(int(b["mid"]))

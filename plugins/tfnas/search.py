@@ -260,11 +260,43 @@ def grow_depth(net: TFNASSupernet) -> bool:
     return True
 
 
+def upgrade_op(net: TFNASSupernet, table: CostTable) -> bool:
+    """Past full depth and max widths: one parsed block switches to a costlier op, the one the
+    search gave the highest probability among the ops costlier than the current at max width,
+    at its max width; False when no block has one. Ops are what elastic width and depth cannot
+    change: a network at 0.86 of its budget with every stage full and every width at its max
+    stays there without this."""
+    ops, depths = net.parsed_ops(), net.parsed_depths()
+    blocks, best, best_p = net.blocks(), None, -math.inf
+    with torch.no_grad():
+        for j in table.active_blocks(depths):
+            now = table.cost(j, ops[j], blocks[j].ops[ops[j]].mid_max)
+            for o, op in enumerate(blocks[j].ops):
+                if o != ops[j] and table.cost(j, o, op.mid_max) > now and net.alpha[j, o] > best_p:
+                    best, best_p = (j, o), float(net.alpha[j, o])
+    if best is None:
+        return False
+    j, o = best
+    set_ops(net, [o if i == j else op for i, op in enumerate(ops)])
+    blocks[j].ops[o].set_width(blocks[j].ops[o].mid_max)
+    return True
+
+
+def set_ops(net: TFNASSupernet, ops: list[int]) -> None:
+    """Make ``ops`` the parsed ops: each block's α gets its argmax at the op, raised just above
+    the others (α stay log-probabilities: the row is renormalised)."""
+    with torch.no_grad():
+        for row, o in zip(net.alpha, ops):
+            if int(row.argmax()) != o:
+                row[o] = row.max() + 0.1
+                row.sub_(torch.logsumexp(row, 0))
+
+
 def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = True,
            multiple: int = 1) -> bool:
     """Re-land the parsed architecture at ``factor`` × its estimated latency: the elastic step
-    aimed there, after growing the depth while even the max widths fall short (or shrinking it
-    while even the min widths are too slow). What the pipeline
+    aimed there, after growing the depth (then upgrading ops, ``upgrade_op``) while even the max
+    widths fall short, or shrinking the depth while even the min widths are too slow. What the pipeline
     asks for when the measured latency of the decided network (or its bundle) lies outside the
     window: widths move block by block, in the target's channel multiple, where a uniform width
     multiplier on onnxruntime moves every layer by a whole 16-channel block at once (one TF-NAS
@@ -272,13 +304,14 @@ def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = T
     ops, depths = net.parsed_ops(), net.parsed_depths()
     mids = [b.ops[o].mid for b, o in zip(net.blocks(), ops)]
     aim = factor * table.parsed(ops, depths, mids)
-    before = (net.mids(), depths)
-    while factor > 1 and max_width_latency(net, table) < aim and grow_depth(net):
+    before = (net.mids(), depths, ops)
+    while factor > 1 and max_width_latency(net, table) < aim and (grow_depth(net)
+                                                                  or upgrade_op(net, table)):
         pass
     while factor < 1 and min_width_latency(net, table) > aim and shrink_depth(net):
         pass
     elastic_step(net, table, aim, refine, multiple)
-    return (net.mids(), net.parsed_depths()) != before
+    return (net.mids(), net.parsed_depths(), net.parsed_ops()) != before
 
 
 def _next_aim(points: list[tuple[float, float]], target: float) -> float:
