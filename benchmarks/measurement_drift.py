@@ -63,7 +63,8 @@ def main() -> None:
     n = args.instances
     sides = {1: SideBySide(largest, target, shape, ref_ms, instances=1),
              n: SideBySide(largest, target, shape, ref_ms, instances=n)}
-    ways = ["alone, 1 load", f"alone, {n} loads", "side by side, 1 pair", f"side by side, {n} pairs"]
+    ways = ["alone, 1 load", f"alone, {n} loads", "side by side, 1 pair",
+            f"side by side, {n} pairs"]
     print(f"# {args.method} on {target}; largest {ref_ms:.4f} ms; {args.repeats} repeats of "
           f"{args.nets} networks, each way in turn: {'; '.join(ways)}")
     values: list[list[list[float]]] = [[[] for _ in nets] for _ in ways]
@@ -79,7 +80,8 @@ def main() -> None:
     finally:
         for side in sides.values():
             side.close()
-    print(f"{'net':>4} " + " ".join(f"{w:>22}" for w in ways) + "   (spread: max - min over median)")
+    print(f"{'net':>4} " + " ".join(f"{w:>22}" for w in ways)
+          + "   (spread: max - min over median)")
     for i in range(len(nets)):
         print(f"{i:>4} " + " ".join(f"{spread(v[i]):>22.1%}" for v in values))
     med = [statistics.median(spread(x) for x in v) for v in values]

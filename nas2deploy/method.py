@@ -134,11 +134,12 @@ class SearchMethod(ABC):
 
     def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
         """``arch`` (decided from this supernet) made about ``factor`` times as slow (< 1:
-        faster) by the method's own lever, from the same search. The pipeline asks for it, before a uniform
-        width multiplier, when the measured latency at full width lies outside the window
-        ``factor`` is meant to close: a method that sizes its network block by block (TF-NAS's
-        elastic widths, in the target's channel multiple) lands finer than scaling every layer
-        at once. None: no such lever (the default), or nothing would change."""
+        faster) by the method's own lever, from the same search. The pipeline asks for it at
+        full width, before a uniform width multiplier, when a measurement lies more than a few
+        percent off its aim: a method that sizes its network block by block (TF-NAS's elastic
+        widths, in the target's channel multiple) lands finer than scaling every layer at once,
+        and can grow past the decided network. None: no such lever (the default), or nothing
+        would change."""
         return None
 
     def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:

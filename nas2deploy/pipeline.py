@@ -437,7 +437,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             timings["export_s"] += time.perf_counter() - t
             this = {"attempt": attempt, "width": width, "subnet": subnet, "arch": arch_final,
                     "xctx": xctx, "verification": verification, "final": None, "within": None,
-                    "verdict_budget": budget}
+                    "verdict_budget": budget, "resized": resized}
 
             if p.remote is not None:
                 kept = this
@@ -520,7 +520,8 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
             subnet = scaled(base, width)
 
         # the bundle is the attempt kept: its folder's files move up into the bundle
-        attempt, width, subnet = kept["attempt"], kept["width"], kept["subnet"]
+        attempt, width, subnet, resized = (kept["attempt"], kept["width"], kept["subnet"],
+                                           kept["resized"])
         arch_final, xctx, verification = kept["arch"], kept["xctx"], kept["verification"]
         final, within, verdict_budget = kept["final"], kept["within"], kept["verdict_budget"]
         for child in list(xctx.bundle_dir.iterdir()):

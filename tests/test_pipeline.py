@@ -121,16 +121,28 @@ def test_a_verdict_in_the_window_is_final(random_plugin, tmp_path, monkeypatch):
 
 
 def test_at_full_width_the_method_re_sizes_before_the_width_multiplier(tmp_path, monkeypatch):
-    """TF-NAS at width 1.0 with a verdict under the low-water mark: the pipeline asks the
-    method to re-size its architecture (``SearchMethod.resize``: elastic widths, then depth),
-    retrains the larger network, and keeps it when it lands in the window."""
-    result, finals, loads = run(tmp_path, monkeypatch, [0.80, 0.95], method="tfnas",
+    """TF-NAS at width 1.0 with a verdict under the low-water mark, then one over budget: the
+    pipeline asks the method to re-size its architecture each time (``SearchMethod.resize``:
+    elastic widths, depth, ops) instead of thinning every layer, retrains, and keeps the
+    attempt that lands in the window."""
+    result, finals, loads = run(tmp_path, monkeypatch, [0.80, 1.10, 0.95], method="tfnas",
                                 options=TINY_TFNAS, search_epochs=2)
-    assert len(finals) == len(loads) == 2
-    assert [r["width_multiplier"] for r in finals] == [1.0, 1.0]
-    assert finals[1]["resized"] == finals[0]["resized"] + 1
-    assert finals[1]["macs"] > finals[0]["macs"]
-    assert [r["kept"] for r in finals] == [False, True]
-    assert result.manifest["model"]["resized"] == finals[1]["resized"]
+    assert len(finals) == len(loads) == 3
+    assert [r["width_multiplier"] for r in finals] == [1.0, 1.0, 1.0]
+    assert [r["resized"] - finals[0]["resized"] for r in finals] == [0, 1, 2]
+    assert finals[0]["macs"] < finals[1]["macs"]  # grown from 0.80 of the budget
+    assert finals[2]["macs"] < finals[1]["macs"]  # then shrunk from 1.10
+    assert [r["kept"] for r in finals] == [False, False, True]
+    assert result.manifest["model"]["resized"] == finals[2]["resized"]
     assert result.manifest["latency"]["ratio_to_budget"] == pytest.approx(0.95)
+    bundle_matches_its_files(result.out, result.manifest)
+
+
+def test_a_re_sized_attempt_that_misses_leaves_the_earlier_architecture(tmp_path, monkeypatch):
+    result, finals, _ = run(tmp_path, monkeypatch, [0.85, 1.10, 1.05], method="tfnas",
+                            options=TINY_TFNAS, search_epochs=2)
+    assert [r["kept"] for r in finals] == [True, False, False]
+    assert result.manifest["model"]["resized"] == finals[0]["resized"]
+    assert result.manifest["model"]["macs"] == finals[0]["macs"]
+    assert result.manifest["latency"]["ratio_to_budget"] == pytest.approx(0.85)
     bundle_matches_its_files(result.out, result.manifest)

@@ -716,8 +716,8 @@ def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
     assert at_max.decisions["depths"] == [len(b) for b in deep.betas]
     upgraded = method.resize(deep, at_max, 1.1)
     assert upgraded is not None and upgraded.decisions["depths"] == at_max.decisions["depths"]
-    changed = [(a["op"], b["op"]) for a, b in zip(at_max.decisions["blocks"],
-                                                  upgraded.decisions["blocks"]) if a["op"] != b["op"]]
+    pairs = zip(at_max.decisions["blocks"], upgraded.decisions["blocks"])
+    changed = [(a["op"], b["op"]) for a, b in pairs if a["op"] != b["op"]]
     assert changed and all(a == "k3_e6" for a, _ in changed)
     assert at_max.metadata["predicted_ms"] < upgraded.metadata["predicted_ms"] \
         <= 1.1 * at_max.metadata["predicted_ms"]

@@ -134,8 +134,8 @@ class TFNAS(SearchMethod):
     def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
         """``arch`` (decided from this supernet) re-landed by the elastic step at ``factor`` × its
         estimated latency: widths per block in the target's channel multiple; depth, then ops,
-        first when growing past the max widths, depth when shrinking past the min widths. None without a cost table (no search ran) or when
-        nothing moved."""
+        first when growing past the max widths, depth when shrinking past the min widths. None
+        without a cost table (no search ran) or when nothing moved."""
         net = self._check(supernet)
         table = getattr(net, "cost_table", None)
         if table is None:

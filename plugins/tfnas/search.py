@@ -296,9 +296,9 @@ def resize(net: TFNASSupernet, table: CostTable, factor: float, refine: bool = T
            multiple: int = 1) -> bool:
     """Re-land the parsed architecture at ``factor`` × its estimated latency: the elastic step
     aimed there, after growing the depth (then upgrading ops, ``upgrade_op``) while even the max
-    widths fall short, or shrinking the depth while even the min widths are too slow. What the pipeline
-    asks for when the measured latency of the decided network (or its bundle) lies outside the
-    window: widths move block by block, in the target's channel multiple, where a uniform width
+    widths fall short, or shrinking the depth while even the min widths are too slow. What the
+    pipeline asks for when the measured latency of the decided network (or its bundle) misses
+    the aim: widths move block by block, in the target's channel multiple, where a uniform width
     multiplier on onnxruntime moves every layer by a whole 16-channel block at once (one TF-NAS
     net: 1.53M MACs at x1.0, 1.13M at x0.99). True when the architecture changed."""
     ops, depths = net.parsed_ops(), net.parsed_depths()
