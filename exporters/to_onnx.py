@@ -247,8 +247,9 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
 def _probe_export(model: nn.Module, example, path: Path) -> bool:
     """The TorchScript exporter, for artifacts that are only timed: 0.1 s against the dynamo
     exporter's 3-5 s for a TF-NAS net on a 2-core VM, and the same graph (the same ops, as
-    ``tests/test_onnx_probe.py`` checks for every method's nets). The closed loop exports a
-    candidate per round and TF-NAS one per search epoch, so this is most of a round's cost.
+    ``test_probe_export_is_the_same_graph`` in ``tests/test_exporters.py`` checks). The closed
+    loop exports a candidate per round and TF-NAS one per search epoch, so this is most of a
+    round's cost.
     False where it is unavailable or fails: the caller then uses the dynamo exporter."""
     import warnings
 

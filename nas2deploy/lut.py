@@ -86,7 +86,7 @@ from torch import nn
 
 from . import registry
 from .errors import UnavailableError, UsageError
-from .exporter import Artifact, ExportContext, Runner, torch_runner
+from .exporter import Runner
 from .latency import FlopsProxy, LatencyModel
 from .netspec import GraphNet, OpSignature, build_network, signatures, single_op_spec
 from .target import Target
@@ -352,17 +352,11 @@ class RunnerFactory:
         return " -> ".join(steps) + f"{probe}; runner of exporter {self.final!r}"
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> Runner:
-        model = model.eval()
-        if self.final is None:
-            return torch_runner(model, self.target.threads, self.target.device)
+        from .runtime import export_loader
+
         folder = self.workdir / f"m{self.count:05d}"
         self.count += 1
-        ctx = ExportContext(folder, x, self.target, {}, probe=self.fast_export)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in self.chain:
-            ctx.artifacts[name] = registry.exporters.get(name)().export(model, ctx)
-        return registry.exporters.get(self.final)().runner(folder, ctx.artifacts[self.final],
-                                                             self.target)
+        return export_loader(model.eval(), self.target, folder, x, probe=self.fast_export)()
 
 
 class _NullNet(nn.Module):

@@ -49,9 +49,10 @@ class SearchContext:
     history: list[dict[str, Any]] = field(default_factory=list)
     log: Callable[[str], None] = lambda msg: None
     # measure(network_spec, weights=None) -> p50 ms of that network on the target runtime, timed
-    # as the pipeline's closed loop times its candidates (probe export, compile, time-based
-    # protocol: about 1.5 s a call on a 2-core VM). ``weights`` (state_dict names, as
-    # ``inherited_weights`` returns) are loaded first: trained weights ran a TF-NAS net ~4%
+    # as the pipeline's closed loop times its candidates (probe export, then side by side with
+    # the largest subnet over fresh loads: about 2.5 s a call on a 2-core VM). ``weights``
+    # (state_dict names, as ``inherited_weights`` returns) are loaded first: trained weights
+    # ran a TF-NAS net ~4%
     # slower than random ones on OpenVINO. None where the target cannot be timed on this
     # machine (a device target searched by its table). A method may use it to correct its
     # latency estimate while it searches; every call is recorded in ``measurements``

@@ -93,21 +93,17 @@ def artifact_loader(model: nn.Module | None, target: Target, bundle_dir: Path | 
     return lambda: runner_for(model, target, bundle_dir, artifacts)
 
 
-def probe_loader(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Loader:
-    """``model`` exported for ``target`` as a latency probe into ``folder``, once; the loader
-    loads it as deployed."""
+def export_loader(model: nn.Module, target: Target, folder: Path, x: torch.Tensor, *,
+                  probe: bool = True) -> Loader:
+    """``model`` exported for ``target`` into ``folder``, once (as a latency probe unless
+    ``probe`` is False: then as a bundle is exported); the loader loads it as deployed."""
     name = exporter_for_runtime(target.runtime)
     artifacts: dict[str, Artifact] = {}
     if name is not None:
-        ctx = ExportContext(Path(folder), x, target, {}, probe=True)
+        ctx = ExportContext(Path(folder), x, target, {}, probe=probe)
         export_chain(model, [name], ctx)
         artifacts = ctx.artifacts
     return artifact_loader(model, target, Path(folder), artifacts)
-
-
-def probe_runner(model: nn.Module, target: Target, folder: Path, x: torch.Tensor) -> Runner:
-    """``model`` exported for ``target`` as a latency probe into ``folder``, loaded as deployed."""
-    return probe_loader(model, target, folder, x)()
 
 
 def measure_model(model: nn.Module, target: Target, example_shape: tuple[int, ...],
@@ -117,7 +113,7 @@ def measure_model(model: nn.Module, target: Target, example_shape: tuple[int, ..
     check_target_device(target)
     x = torch.randn(*example_shape)
     with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
-        load = probe_loader(model, target, Path(tmp), x)
+        load = export_loader(model, target, Path(tmp), x)
         return measure_instances(load, x.numpy(), batch=target.batch, threads=target.threads,
                                  protocol=protocol, instances=instances)
 
@@ -159,7 +155,7 @@ class SideBySide:
         self.seconds, self.instances = seconds, instances
         self._x = torch.randn(*example_shape, generator=torch.Generator().manual_seed(0))
         self._dir = tempfile.TemporaryDirectory(prefix="nas2deploy-reference-")
-        self._load_ref: Loader | None = probe_loader(reference, target, Path(self._dir.name),
+        self._load_ref: Loader | None = export_loader(reference, target, Path(self._dir.name),
                                                      self._x)
 
     def protocol_line(self, seconds: float | None = None) -> str:
@@ -203,7 +199,7 @@ class SideBySide:
 
     def measure(self, model: nn.Module) -> SideTiming:
         with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
-            return self.time(probe_loader(model, self.target, Path(tmp), self._x))
+            return self.time(export_loader(model, self.target, Path(tmp), self._x))
 
     def close(self) -> None:
         self._load_ref = None

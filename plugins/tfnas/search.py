@@ -214,31 +214,17 @@ class Landing:
 
 def max_width_latency(net: TFNASSupernet, table: CostTable) -> float:
     """The parsed architecture's estimate with every parsed op at its max width."""
-    ops, depths = net.parsed_ops(), net.parsed_depths()
-    return table.parsed(ops, depths, [b.ops[o].mid_max for b, o in zip(net.blocks(), ops)])
+    return _bound_latency(net, table, "mid_max")
 
 
 def min_width_latency(net: TFNASSupernet, table: CostTable) -> float:
     """The parsed architecture's estimate with every parsed op at its min width."""
+    return _bound_latency(net, table, "mid_min")
+
+
+def _bound_latency(net: TFNASSupernet, table: CostTable, bound: str) -> float:
     ops, depths = net.parsed_ops(), net.parsed_depths()
-    return table.parsed(ops, depths, [b.ops[o].mid_min for b, o in zip(net.blocks(), ops)])
-
-
-def shrink_depth(net: TFNASSupernet) -> bool:
-    """One block fewer in the stage whose β gives the shallower exit the highest probability;
-    False when every stage is at depth 1. The mirror of ``grow_depth``."""
-    depths = net.parsed_depths()
-    best, best_p = None, -1.0
-    with torch.no_grad():
-        for s, (beta, d) in enumerate(zip(net.betas, depths)):
-            if d > 1:
-                p = float(torch.softmax(beta, 0)[d - 2])
-                if p > best_p:
-                    best, best_p = s, p
-    if best is None:
-        return False
-    set_depths(net, [d - (s == best) for s, d in enumerate(depths)])
-    return True
+    return table.parsed(ops, depths, [getattr(b.ops[o], bound) for b, o in zip(net.blocks(), ops)])
 
 
 def grow_depth(net: TFNASSupernet) -> bool:
@@ -246,17 +232,27 @@ def grow_depth(net: TFNASSupernet) -> bool:
     exit the search most nearly chose); False when every stage is at full depth. This is
     nas2deploy's addition: after a short search the parsed (argmax) architecture can sit far from
     the expectation the latency term steered, and no width reaches T."""
+    return _step_depth(net, +1)
+
+
+def shrink_depth(net: TFNASSupernet) -> bool:
+    """One block fewer in the stage whose β gives the shallower exit the highest probability;
+    False when every stage is at depth 1. The mirror of ``grow_depth``."""
+    return _step_depth(net, -1)
+
+
+def _step_depth(net: TFNASSupernet, step: int) -> bool:
     depths = net.parsed_depths()
     best, best_p = None, -1.0
     with torch.no_grad():
         for s, (beta, d) in enumerate(zip(net.betas, depths)):
-            if d < len(beta):
-                p = float(torch.softmax(beta, 0)[d])
+            if 1 <= d + step <= len(beta):
+                p = float(torch.softmax(beta, 0)[d + step - 1])
                 if p > best_p:
                     best, best_p = s, p
     if best is None:
         return False
-    set_depths(net, [d + (s == best) for s, d in enumerate(depths)])
+    set_depths(net, [d + step * (s == best) for s, d in enumerate(depths)])
     return True
 
 
