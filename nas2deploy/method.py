@@ -52,8 +52,7 @@ class SearchContext:
     # as the pipeline's closed loop times its candidates (probe export, then side by side with
     # the largest subnet over fresh loads: about 2.5 s a call on a 2-core VM). ``weights``
     # (state_dict names, as ``inherited_weights`` returns) are loaded first: trained weights
-    # ran a TF-NAS net ~4%
-    # slower than random ones on OpenVINO. None where the target cannot be timed on this
+    # ran a TF-NAS net ~4% slower than random ones on OpenVINO. None where the target cannot be timed on this
     # machine (a device target searched by its table). A method may use it to correct its
     # latency estimate while it searches; every call is recorded in ``measurements``
     # (predicted by ``latency_model`` before the call, measured), a model that can learn
