@@ -52,12 +52,12 @@ class SearchContext:
     # as the pipeline's closed loop times its candidates (probe export, then side by side with
     # the largest subnet over fresh loads: about 2.5 s a call on a 2-core VM). ``weights``
     # (state_dict names, as ``inherited_weights`` returns) are loaded first: trained weights
-    # ran a TF-NAS net ~4% slower than random ones on OpenVINO. None where the target cannot be timed on this
-    # machine (a device target searched by its table). A method may use it to correct its
-    # latency estimate while it searches; every call is recorded in ``measurements``
-    # (predicted by ``latency_model`` before the call, measured), a model that can learn
-    # (``FlopsProxy.observe``) is refitted on it, and the pipeline starts its own correction
-    # from the decided architecture's record.
+    # ran a TF-NAS net ~4% slower than random ones on OpenVINO. None where the target cannot be
+    # timed on this machine (a device target searched by its table). A method may use it to
+    # correct its latency estimate while it searches; every call is recorded in
+    # ``measurements`` (predicted by ``latency_model`` before the call, measured), a model that
+    # can learn (``FlopsProxy.observe``) is refitted on it, and the pipeline starts its own
+    # correction from the decided architecture's record.
     measure: Callable[..., float] | None = None
     measurements: list[dict[str, Any]] = field(default_factory=list)
     # Channel counts the target runs best are multiples of this (onnxruntime's NCHWc block: 16
