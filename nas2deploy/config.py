@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,31 +45,31 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
+        for name in _FLOATS:
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise UsageError(f"{_flag(name)} must be a finite number, not {v}")
         if self.latency_ms is not None and not self.latency_ms > 0:
             raise UsageError(f"--latency-ms must be > 0, not {self.latency_ms:g}")
         if not 0 < self.latency_fraction <= 1:
             raise UsageError(f"--latency-fraction must be in (0, 1], not {self.latency_fraction:g}")
         if not 8 <= self.input_size <= 512:
             raise UsageError(f"--input-size must be in 8..512, not {self.input_size}")
-        if self.search_epochs is not None and self.search_epochs < 1:
-            raise UsageError(f"--search-epochs must be >= 1, not {self.search_epochs}")
-        if self.retrain_epochs < 0:
-            raise UsageError(f"--retrain-epochs must be >= 0, not {self.retrain_epochs}")
+        for name, lo, hi in _INT_RANGES:
+            v = getattr(self, name)
+            if v is not None and not lo <= v <= hi:
+                raise UsageError(f"{_flag(name)} must be in {lo}..{hi}, not {v}")
         if self.retrain_from not in ("inherit", "scratch"):
             raise UsageError(f"--retrain-from must be 'inherit' or 'scratch', not {self.retrain_from!r}")
-        if self.threads < 1 or self.batch < 1:
-            raise UsageError("--threads and --batch must be >= 1")
         if self.latency_model not in ("flops", "lut", "calibrated"):
             raise UsageError(f"--latency-model must be flops, lut or calibrated, not "
                              f"{self.latency_model!r}")
         if self.lut is not None and self.latency_model == "flops":
             self.latency_model = "lut"
-        if self.max_rounds < 1:
-            raise UsageError(f"--max-rounds must be >= 1, not {self.max_rounds}")
         if not 0 < self.min_width <= 1:
             raise UsageError(f"--min-width must be in (0, 1], not {self.min_width:g}")
-        if self.calibration_samples < 1:
-            raise UsageError(f"--calibration-samples must be >= 1, not {self.calibration_samples}")
         if not 0 <= self.min_agreement <= 1:
             raise UsageError(f"--min-agreement must be in [0, 1], not {self.min_agreement:g}")
         if not self.max_accuracy_drop >= 0:
@@ -76,12 +77,33 @@ class RunConfig:
                              f"{self.max_accuracy_drop:g}")
         if not self.export:
             raise UsageError("--export needs at least one format, e.g. onnx,openvino")
+        if not all(isinstance(e, str) for e in self.export):
+            raise UsageError(f"--export must be format names, e.g. onnx,openvino, not "
+                             f"{self.export!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+# Generous but finite: a typo must not start a run that never ends, or ask a runtime for
+# 100,000 threads. Seeds are what numpy's and torch's generators take.
+MAX_SEED = 2 ** 32 - 1
+MAX_THREADS = 256
+MAX_BATCH = 4096
+MAX_EPOCHS = 10_000
+MAX_ROUNDS = 100
+MAX_SAMPLES = 1_000_000
+_INT_RANGES = (("seed", 0, MAX_SEED), ("threads", 1, MAX_THREADS), ("batch", 1, MAX_BATCH),
+               ("search_epochs", 1, MAX_EPOCHS), ("retrain_epochs", 0, MAX_EPOCHS),
+               ("max_rounds", 1, MAX_ROUNDS), ("parity_samples", 1, MAX_SAMPLES),
+               ("calibration_samples", 1, MAX_SAMPLES))
+_FLOATS = ("latency_ms", "latency_fraction", "min_width", "min_agreement", "max_accuracy_drop")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

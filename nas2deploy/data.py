@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,17 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 
-__all__ = ["Dataset", "load_dataset", "parse_dataset_spec", "KINDS", "IMAGE_EXTENSIONS",
-           "MIN_INPUT_SIZE", "MAX_INPUT_SIZE"]
+__all__ = ["Dataset", "DatasetInfo", "load_dataset", "dataset_info", "check_dataset",
+           "estimate_memory", "available_memory", "parse_dataset_spec", "KINDS",
+           "IMAGE_EXTENSIONS", "MIN_INPUT_SIZE", "MAX_INPUT_SIZE"]
 
 # kind -> whether it takes a DIR
 KINDS: dict[str, bool] = {"digits": False, "cifar10": True, "folder": True}
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# Each extension names the one Pillow format a file is decoded as: opening by content would let
+# a PostScript file named .png reach Ghostscript.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF",
+                 ".webp": "WEBP"}
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 512
 SPLIT = (0.70, 0.15, 0.15)  # train / val / test for digits and folder
 CIFAR_VAL_FRACTION = 0.10  # of the five train batches; test_batch is the test split
@@ -39,6 +45,8 @@ CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_FILES = (*CIFAR_TRAIN_FILES, "test_batch")
 _CIFAR_SUBDIR = "cifar-10-batches-py"
 _RESIZE_CHUNK = 4096  # images per interpolate call, to bound peak memory on CIFAR-sized sets
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)  # scikit-learn's copy
+_CIFAR_IMAGE_BYTES = 3 * 32 * 32
 
 Progress = Callable[..., Any]
 
@@ -144,6 +152,7 @@ def load_dataset(spec: str = "digits", *, input_size: int = 32, seed: int = 0,
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UsageError(f"seed must be an integer, not {seed!r}")
     seed = int(seed)
+    _check_memory(spec, size, train_copies=1)
     if kind == "digits":
         return _load_digits(size, seed)
     assert path is not None
@@ -164,27 +173,37 @@ def _stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int)
     sorted, so a split does not depend on the order classes were visited in.
     """
     rng = np.random.default_rng(seed)
-    wanted = [i for i, f in enumerate(fractions) if f > 0]
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
-        n = len(idx)
-        counts = [0] * len(fractions)
-        for i in range(1, len(fractions)):
-            if fractions[i] > 0:
-                counts[i] = int(round(fractions[i] * n))
-                if n >= len(wanted):
-                    counts[i] = max(1, counts[i])
-        while sum(counts[1:]) > n - (1 if n >= len(wanted) else 0):  # keep one for the first split
-            j = max(range(1, len(counts)), key=lambda k: counts[k])
-            counts[j] -= 1
-        counts[0] = n - sum(counts[1:])
+        counts = _split_counts(len(idx), fractions)
         start = 0
         for i, c in enumerate(counts):
             parts[i].append(idx[start:start + c])
             start += c
     return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """How many of a class of ``n`` each split gets (see ``_stratified_split``)."""
+    wanted = [i for i, f in enumerate(fractions) if f > 0]
+    counts = [0] * len(fractions)
+    for i in range(1, len(fractions)):
+        if fractions[i] > 0:
+            counts[i] = int(round(fractions[i] * n))
+            if n >= len(wanted):
+                counts[i] = max(1, counts[i])
+    while sum(counts[1:]) > n - (1 if n >= len(wanted) else 0):  # keep one for the first split
+        j = max(range(1, len(counts)), key=lambda k: counts[k])
+        counts[j] -= 1
+    counts[0] = n - sum(counts[1:])
+    return counts
+
+
+def _split_sizes(class_counts: Sequence[int], fractions: Sequence[float]) -> list[int]:
+    per_class = [_split_counts(int(n), fractions) for n in class_counts if n > 0]
+    return [sum(c[i] for c in per_class) for i in range(len(fractions))]
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -301,6 +320,13 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        avail = available_memory()
+        # the file's bytes and the arrays built from them are held at once
+        if avail is not None and 2 * size > avail:
+            raise UsageError(f"CIFAR-10 file {str(path)!r} is {size / 2 ** 30:.1f} GiB, more than "
+                             f"memory can hold twice ({_gib(avail)} GiB available); a CIFAR-10 "
+                             f"batch is about 30 MB: re-extract cifar-10-python.tar.gz")
         raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read CIFAR-10 file {str(path)!r}: {exc.strerror or exc}; "
@@ -379,12 +405,18 @@ def _cifar_class_names(d: Path) -> list[str]:
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
-def _load_cifar10(path: Path, size: int, seed: int, progress: Progress | None) -> Dataset:
+def _cifar_dir(path: Path) -> Path:
+    """The folder holding all six batch files."""
     d = _find_cifar_dir(path)
     missing = [f for f in CIFAR_FILES if not (d / f).is_file()]
     if missing:
         raise UsageError(f"CIFAR-10 folder {str(d)!r} is missing {', '.join(missing)}; "
                          f"re-extract cifar-10-python.tar.gz there")
+    return d
+
+
+def _load_cifar10(path: Path, size: int, seed: int, progress: Progress | None) -> Dataset:
+    d = _cifar_dir(path)
     class_names = _cifar_class_names(d)
     bar = progress(total=len(CIFAR_FILES), desc="reading CIFAR-10") if progress else None
     try:
@@ -428,7 +460,9 @@ def _load_cifar10(path: Path, size: int, seed: int, progress: Progress | None) -
 # class-per-subfolder image tree
 
 
-def _load_folder(path: Path, size: int, seed: int, progress: Progress | None) -> Dataset:
+def _list_folder(path: Path) -> tuple[list[Path], list[Path], list[int]]:
+    """(class folders, image files, their labels) of a class-per-subfolder tree; nothing is
+    opened."""
     class_dirs = sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
                         key=lambda p: p.name)
     exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -453,20 +487,29 @@ def _load_folder(path: Path, size: int, seed: int, progress: Progress | None) ->
                              f"class needs at least {need} (one each for train, val and test)")
         files.extend(images)
         labels.extend([label] * len(images))
+    return class_dirs, files, labels
 
-    from PIL import Image  # imported here: only this loader needs Pillow
+
+def _load_folder(path: Path, size: int, seed: int, progress: Progress | None) -> Dataset:
+    class_dirs, files, labels = _list_folder(path)
+    from PIL import Image, UnidentifiedImageError  # imported here: only this loader needs Pillow
 
     pixels = np.empty((len(files), size, size, 3), dtype=np.uint8)
     bar = progress(total=len(files), desc="reading images") if progress else None
     try:
         for i, f in enumerate(files):
+            fmt = IMAGE_FORMATS[f.suffix.lower()]
             try:
-                with Image.open(f) as im:
+                with Image.open(f, formats=[fmt]) as im:
                     im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale (>= size)
                     im = im.convert("RGB")
                     if im.size != (size, size):
                         im = im.resize((size, size), Image.BILINEAR)
                     pixels[i] = np.asarray(im, dtype=np.uint8)
+            except UnidentifiedImageError:
+                raise UsageError(f"image {str(f)!r} is not a {fmt} image, the one format its "
+                                 f"extension is decoded as; replace, convert or delete "
+                                 f"it") from None
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 raise UsageError(f"cannot read image {str(f)!r} ({type(exc).__name__}: {exc}); "
                                  f"replace or delete it") from None
@@ -477,7 +520,217 @@ def _load_folder(path: Path, size: int, seed: int, progress: Progress | None) ->
             bar.close()
 
     y = np.asarray(labels, dtype=np.int64)
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(255.0)
+    # NCHW in uint8 first: a float copy of the channels-last view would be split and then made
+    # contiguous again, twice the float memory
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
     splits = _stratified_split(y, SPLIT, seed)
     return _finish(f"folder:{path.resolve()}", x, y, splits, [d.name for d in class_dirs], seed,
                    "stratified 70/15/15 train/val/test")
+
+
+# --------------------------------------------------------------------------------------------
+# sizes and memory, known before loading
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset holds, told without decoding its images."""
+
+    name: str
+    sizes: dict[str, int]  # images per split: train, val, test (as load_dataset makes them)
+    num_classes: int
+    channels: int  # after loading (folder images are converted to RGB)
+    image_size: tuple[int, int] | None  # as stored; None where it varies (folder)
+
+
+def dataset_info(spec: str) -> DatasetInfo:
+    """Split sizes, classes and image shape of ``spec``. ``digits`` is known; a CIFAR-10 folder's
+    labels are read (its pixels are raw bytes, nothing to decode); a folder's files are
+    counted, not opened."""
+    kind, path = parse_dataset_spec(spec)
+    if kind == "digits":
+        train, val, test = _split_sizes(DIGITS_CLASS_COUNTS, SPLIT)
+        return DatasetInfo("digits", {"train": train, "val": val, "test": test},
+                           len(DIGITS_CLASS_COUNTS), 1, (8, 8))
+    assert path is not None
+    if kind == "folder":
+        class_dirs, _, labels = _list_folder(path)
+        train, val, test = _split_sizes(np.bincount(labels).tolist(), SPLIT)
+        return DatasetInfo(f"folder:{path.resolve()}", {"train": train, "val": val, "test": test},
+                           len(class_dirs), 3, None)
+    d = _cifar_dir(path)
+    n_classes = len(_cifar_class_names(d))
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for f in CIFAR_TRAIN_FILES:
+        counts += np.bincount(_read_cifar_batch(d / f, n_classes)[1], minlength=n_classes)
+    test = len(_read_cifar_batch(d / "test_batch", n_classes)[1])
+    train, val, _ = _split_sizes(counts.tolist(), (1 - CIFAR_VAL_FRACTION, CIFAR_VAL_FRACTION, 0.0))
+    return DatasetInfo(f"cifar10:{d.resolve()}", {"train": train, "val": val, "test": test},
+                       n_classes, 3, (32, 32))
+
+
+def check_dataset(spec: str, *, input_size: int, batch: int = 1,
+                  train_copies: int = 1) -> DatasetInfo:
+    """Everything about ``spec`` that can be checked before loading it: that it fits in memory
+    at ``input_size`` (with ``train_copies`` float copies of the train split), and that its
+    test split fills one ``batch``, which parity checks and the verdict run whole."""
+    parse_dataset_spec(spec)
+    size = _check_input_size(input_size)
+    _check_memory(spec, size, train_copies)
+    info = dataset_info(spec)
+    n = info.sizes["test"]
+    if batch > n:
+        raise UsageError(f"--batch {batch} is larger than the test split of {info.name} ({n} "
+                         f"images); the exported model is checked on whole batches of it: use "
+                         f"--batch {n} or less, or a larger dataset")
+    return info
+
+
+def estimate_memory(spec: str, *, input_size: int, train_copies: int = 1) -> int:
+    """Bytes the loader needs at its peak for ``spec`` at ``input_size``, or, if more, what it
+    holds plus ``train_copies - 1`` more float copies of the train split (the pipeline's
+    search splits are one). Computed from file sizes and counts alone.
+
+    Per loader (F = bytes of one float32 image at ``input_size``, N images):
+    digits: the resized images and their three splits, 2·N·F. folder: the uint8 pixels, their
+    float copy and its splits, 2.25·N·F. cifar10: the float splits, one resize chunk of
+    float images in and out, and the raw bytes three times over (batches, the joined train
+    batches, the indexed train split); N is bounded by the batch files' sizes (each image is
+    3072 bytes of them), so no batch has to be read to know it.
+    """
+    kind, path = parse_dataset_spec(spec)
+    size = _check_input_size(input_size)
+    per_image = (1 if kind == "digits" else 3) * size * size * 4
+    if kind == "digits":
+        n = sum(DIGITS_CLASS_COUNTS)
+        n_train, peak = round(SPLIT[0] * n), 2 * n * per_image
+    elif kind == "folder":
+        assert path is not None
+        n = len(_list_folder(path)[1])
+        n_train, peak = round(SPLIT[0] * n), n * per_image * 9 // 4
+    else:
+        assert path is not None
+        d = _cifar_dir(path)
+        n_pool = sum((d / f).stat().st_size // _CIFAR_IMAGE_BYTES for f in CIFAR_TRAIN_FILES)
+        n_test = (d / "test_batch").stat().st_size // _CIFAR_IMAGE_BYTES
+        n = n_pool + n_test
+        chunk = min(n, _RESIZE_CHUNK) * (4 * _CIFAR_IMAGE_BYTES + (per_image if size != 32 else 0))
+        n_train = round((1 - CIFAR_VAL_FRACTION) * n_pool)
+        peak = n * per_image + chunk + (3 * n_pool + n_test) * _CIFAR_IMAGE_BYTES
+    return max(peak, n * per_image + (train_copies - 1) * n_train * per_image)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the least of the machine's MemAvailable (or
+    free pages), the headroom under its cgroup's memory limit (a container's, which
+    MemAvailable does not show) and under its address-space rlimit (``ulimit -v``). None where
+    none of them can be read."""
+    known = [v for v in (_meminfo_available(), _cgroup_headroom(), _rlimit_headroom())
+             if v is not None]
+    return max(0, min(known)) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    """Page cache the kernel reclaims before it kills: counted in a cgroup's usage, free for us."""
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_headroom() -> int | None:
+    try:
+        entries = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    heads = []
+    for line in entries:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":  # cgroup v2
+            heads += _cgroup_walk(Path("/sys/fs/cgroup"), rel, "memory.max", "memory.current",
+                                  "inactive_file")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            heads += _cgroup_walk(Path("/sys/fs/cgroup/memory"), rel, "memory.limit_in_bytes",
+                                  "memory.usage_in_bytes", "total_inactive_file")
+    return min(heads) if heads else None
+
+
+def _cgroup_walk(root: Path, rel: str, limit_file: str, usage_file: str,
+                 inactive: str) -> list[int]:
+    """Headroom under the limit of the process's cgroup and of each ancestor (a limit may sit on
+    any of them)."""
+    heads = []
+    d = root / rel.strip("/")
+    while d == root or root in d.parents:
+        limit, used = _read_int(d / limit_file), _read_int(d / usage_file)
+        # v1 writes "no limit" as about 2**63
+        if limit is not None and used is not None and limit < 1 << 60:
+            heads.append(limit - used + _inactive_file(d / "memory.stat", inactive))
+        if d == root:
+            break
+        d = d.parent
+    return heads
+
+
+def _rlimit_headroom() -> int | None:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return soft - int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return soft
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f}" if n >= 2 ** 30 else f"{n / 2 ** 30:.2f}"
+
+
+def _check_memory(spec: str, size: int, train_copies: int) -> None:
+    """Refuse, before anything is read, a dataset whose float copy cannot fit in memory."""
+    need = estimate_memory(spec, input_size=size, train_copies=train_copies)
+    avail = available_memory()
+    if avail is None or need <= avail:
+        return
+    kind, _ = parse_dataset_spec(spec)
+    channels = 1 if kind == "digits" else 3
+    copies = " and a second copy of the train split for the search" if train_copies > 1 else ""
+    raise UsageError(f"dataset {spec} at --input-size {size} needs ~{_gib(need)} GiB, "
+                     f"{_gib(avail)} GiB available (float32 images of {channels}x{size}x{size}"
+                     f"{copies}); use a smaller --input-size or fewer images")

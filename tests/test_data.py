@@ -435,3 +435,171 @@ def test_parse_spec_missing_or_not_dir(tmp_path):
     f.write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         parse_dataset_spec(f"folder:{f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile files: each image is decoded only in the format its extension names
+
+_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+        b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+
+
+@pytest.fixture
+def eps_spy(monkeypatch):
+    """Records every time Pillow's EPS plugin opens a file or would start Ghostscript."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+    original = EpsImagePlugin.EpsImageFile._open
+
+    def spy_open(self):
+        calls.append("open")
+        return original(self)
+
+    def no_ghostscript(*args, **kwargs):
+        calls.append("ghostscript")
+        raise OSError("Ghostscript must not run")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy_open)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+    return calls
+
+
+def test_folder_postscript_named_png_never_reaches_the_eps_plugin(tmp_path, eps_spy):
+    root = _write_folder(tmp_path / "imgs")
+    (root / "cat" / "evil.png").write_bytes(_EPS)
+    with pytest.raises(UsageError, match=r"evil\.png.*not a PNG") as exc:
+        load_dataset(f"folder:{root}", input_size=8)
+    assert "\n" not in str(exc.value) and exc.value.exit_code == 2
+    assert eps_spy == []
+
+
+def test_folder_content_must_match_the_extension(tmp_path, eps_spy):
+    root = _write_folder(tmp_path / "imgs")
+    buf = io.BytesIO()
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(buf, format="JPEG")
+    (root / "dog" / "photo.png").write_bytes(buf.getvalue())
+    with pytest.raises(UsageError, match=r"photo\.png.*not a PNG"):
+        load_dataset(f"folder:{root}", input_size=8)
+    (root / "dog" / "photo.png").unlink()
+    buf = io.BytesIO()
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(buf, format="PNG")
+    (root / "ant" / "shot.jpeg").write_bytes(buf.getvalue())
+    with pytest.raises(UsageError, match=r"shot\.jpeg.*not a JPEG"):
+        load_dataset(f"folder:{root}", input_size=8)
+    assert eps_spy == []
+
+
+def test_folder_every_accepted_extension_loads(tmp_path, eps_spy):
+    root = _write_folder(tmp_path / "imgs")
+    for ext in (".gif", ".webp", ".jpeg", ".bmp", ".PNG"):
+        _write_image(root / "cat" / f"more{ext}", (255, 0, 0))
+    ds = load_dataset(f"folder:{root}", input_size=8)
+    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 17
+    assert eps_spy == []
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes without decoding, and the memory a dataset needs, before loading it
+
+
+def test_dataset_info_sizes_match_the_loader(tmp_path, monkeypatch):
+    from nas2deploy.data import dataset_info
+
+    cifar = _write_cifar(tmp_path / "cifar")
+    folder = _write_folder(tmp_path / "imgs", per_class=5)
+    loaded = {spec: load_dataset(spec, input_size=8).describe()["sizes"]
+              for spec in ("digits", f"cifar10:{cifar}", f"folder:{folder}")}
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("dataset_info decoded an image")
+
+    monkeypatch.setattr(Image, "open", no_decoding)
+    for spec, sizes in loaded.items():
+        info = dataset_info(spec)
+        assert info.sizes == sizes, spec
+    assert dataset_info("digits").image_size == (8, 8)
+    assert dataset_info("digits").channels == 1 and dataset_info("digits").num_classes == 10
+    info = dataset_info(f"cifar10:{cifar}")
+    assert (info.channels, info.image_size, info.num_classes) == (3, (32, 32), 10)
+    info = dataset_info(f"folder:{folder}")
+    assert (info.channels, info.num_classes) == (3, 3)
+
+
+def test_memory_estimate_covers_what_the_loader_holds(tmp_path):
+    from nas2deploy.data import estimate_memory
+
+    cifar = _write_cifar(tmp_path / "cifar")
+    folder = _write_folder(tmp_path / "imgs", per_class=5)
+    for spec, size in (("digits", 16), (f"cifar10:{cifar}", 40), (f"folder:{folder}", 24)):
+        ds = load_dataset(spec, input_size=size)
+        held = sum(t.numel() * t.element_size() for t in (ds.x_train, ds.x_val, ds.x_test))
+        est = estimate_memory(spec, input_size=size)
+        assert held <= est <= 4 * held + (64 << 20), spec
+        # the pipeline's search split copies the train images once more
+        assert estimate_memory(spec, input_size=size, train_copies=2) >= \
+            held + ds.x_train.numel() * 4, spec
+
+
+def test_memory_guard_refuses_before_reading(tmp_path, monkeypatch):
+    from nas2deploy import data
+
+    cifar = _write_cifar(tmp_path / "cifar")
+    folder = _write_folder(tmp_path / "imgs", per_class=5)
+    monkeypatch.setattr(data, "available_memory", lambda: 1 << 20)
+
+    def nothing_read(*args, **kwargs):
+        raise AssertionError("the dataset was read before its memory was checked")
+
+    monkeypatch.setattr(data, "_unpickle", nothing_read)
+    monkeypatch.setattr(Image, "open", nothing_read)
+    for spec in ("digits", f"cifar10:{cifar}", f"folder:{folder}"):
+        for check in (lambda: data.load_dataset(spec, input_size=512),
+                      lambda: data.check_dataset(spec, input_size=512)):
+            with pytest.raises(UsageError, match=r"needs ~[\d.]+ GiB, [\d.]+ GiB available") as exc:
+                check()
+            assert "\n" not in str(exc.value) and "input-size" in str(exc.value)
+
+
+def test_memory_guard_lets_a_dataset_that_fits_through(tmp_path, monkeypatch):
+    from nas2deploy import data
+
+    cifar = _write_cifar(tmp_path / "cifar")
+    need = data.estimate_memory(f"cifar10:{cifar}", input_size=64)
+    monkeypatch.setattr(data, "available_memory", lambda: need + 1)
+    assert data.check_dataset(f"cifar10:{cifar}", input_size=64).sizes["test"] == 10
+    monkeypatch.setattr(data, "available_memory", lambda: None)  # unknown: not refused
+    assert data.load_dataset(f"cifar10:{cifar}", input_size=64).input_size == 64
+
+
+def test_available_memory_reads_this_machine():
+    from nas2deploy.data import available_memory
+
+    avail = available_memory()
+    assert avail is None or avail > 0
+
+
+def test_batch_larger_than_the_test_split(tmp_path):
+    from nas2deploy.data import check_dataset
+
+    cifar = _write_cifar(tmp_path / "cifar", test=10)
+    assert check_dataset(f"cifar10:{cifar}", input_size=32, batch=10).sizes["test"] == 10
+    with pytest.raises(UsageError, match=r"--batch 11 .*test split.*\(10 images\)"):
+        check_dataset(f"cifar10:{cifar}", input_size=32, batch=11)
+    with pytest.raises(UsageError, match=r"--batch 270 .*test split.*\(269 images\)"):
+        check_dataset("digits", input_size=32, batch=270)
+
+
+def test_available_memory_counts_a_cgroup_limit_on_any_ancestor(tmp_path):
+    """A container's limit (cgroup v1 here) is what the OOM killer enforces, not MemAvailable."""
+    from nas2deploy.data import _cgroup_walk
+
+    parent, child = tmp_path / "a", tmp_path / "a" / "b"
+    child.mkdir(parents=True)
+    (parent / "memory.limit_in_bytes").write_text("1000000\n")
+    (parent / "memory.usage_in_bytes").write_text("400000\n")
+    (parent / "memory.stat").write_text("cache 1\ntotal_inactive_file 100000\n")
+    (child / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit of its own
+    (child / "memory.usage_in_bytes").write_text("5\n")
+    assert _cgroup_walk(tmp_path, "/a/b", "memory.limit_in_bytes", "memory.usage_in_bytes",
+                        "total_inactive_file") == [700000]

@@ -8,6 +8,7 @@ from typing import Any
 
 from nas2deploy.errors import UsageError
 from nas2deploy.method import MethodConfig
+from nas2deploy.netspec import MAX_CHANNELS, MAX_KERNEL, MAX_PARAMS
 
 # The spaces a user can name with ``space = "..."``. Any field also given in the config overrides
 # the preset's value. ``reductions`` is each routing block's total downsampling relative to the
@@ -39,6 +40,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 PENALTIES = ("hinge", "paper")
+
+# Generous but finite bounds on the options that size the supernet or the run.
+MAX_BLOCKS = 64
+MAX_GROUP = 64
+MAX_REDUCTION = 1024
+MAX_LAYERS = 16
+MAX_SUCCESSORS = 16
+MAX_EXPANSION = 16
+MAX_TOP_K = 100
 # Arch steps of the paper's schedule (≈100 arch epochs × ≈74 steps of 352 images on the 20% of
 # ImageNet-100 it validates on): the reference the automatic arch learning rate is scaled from.
 PAPER_ARCH_STEPS = 7400
@@ -52,6 +62,17 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def supernet_params(p: dict[str, Any]) -> int:
+    """Rough weight count of the supernet of a resolved space (every incoming edge and stacked
+    layer holding every MBConv candidate at its block's width), from the options alone, to
+    refuse a space too large to build before building it."""
+    per_width = [sum(c * t * (2 * c + k * k) for k in p["kernels"] for t in p["expansions"])
+                 for c in p["widths"]]
+    total = sum((p["max_successors"] + n) * w for w, n in zip(per_width, p["layers"]))
+    stem, final = p["stem_channels"], p["final_channels"]
+    return total + stem * (27 + 9 + stem) + max(p["widths"]) * final + final * 1000
 
 
 def _default_kernels() -> list[int]:
@@ -119,32 +140,37 @@ class DenseNASConfig(MethodConfig):
         need(isinstance(self.space, str) and self.space in PRESETS,
              f"space must be one of {', '.join(PRESETS)}, not {self.space!r}")
 
-        def int_list(name: str, lo: int) -> None:
+        def int_list(name: str, lo: int, hi: int) -> None:
             v = getattr(self, name)
             if v is None:
                 return
-            need(isinstance(v, (list, tuple)) and len(v) >= 1 and all(_is_int(x) and x >= lo for x in v),
-                 f"{name} must be a non-empty list of integers >= {lo}, not {v!r}")
+            need(isinstance(v, (list, tuple)) and 1 <= len(v) <= MAX_BLOCKS
+                 and all(_is_int(x) and lo <= x <= hi for x in v),
+                 f"{name} must be a list of 1..{MAX_BLOCKS} integers in {lo}..{hi}, not {v!r:.80}")
             setattr(self, name, [int(x) for x in v])
 
-        int_list("widths", 1)
-        int_list("groups", 1)
-        int_list("reductions", 1)
-        if self.layers is not None and not (_is_int(self.layers) and self.layers >= 0):
-            int_list("layers", 0)
-        for name, lo in (("stem_channels", 1), ("final_channels", 1), ("max_successors", 1)):
+        int_list("widths", 1, MAX_CHANNELS)
+        int_list("groups", 1, MAX_GROUP)
+        int_list("reductions", 1, MAX_REDUCTION)
+        if self.layers is not None and not (_is_int(self.layers)
+                                            and 0 <= self.layers <= MAX_LAYERS):
+            int_list("layers", 0, MAX_LAYERS)
+        for name, hi in (("stem_channels", MAX_CHANNELS), ("final_channels", MAX_CHANNELS),
+                         ("max_successors", MAX_SUCCESSORS)):
             v = getattr(self, name)
-            need(v is None or (_is_int(v) and v >= lo), f"{name} must be an integer >= {lo}, not {v!r}")
+            need(v is None or (_is_int(v) and 1 <= v <= hi),
+                 f"{name} must be an integer in 1..{hi}, not {v!r}")
         need(self.stem_stride is None or self.stem_stride in (1, 2) and _is_int(self.stem_stride),
              f"stem_stride must be 1 or 2, not {self.stem_stride!r}")
         need(isinstance(self.kernels, (list, tuple)) and len(self.kernels) >= 1
-             and all(_is_int(k) and k >= 1 and k % 2 == 1 for k in self.kernels)
+             and all(_is_int(k) and 1 <= k <= MAX_KERNEL and k % 2 == 1 for k in self.kernels)
              and len(set(self.kernels)) == len(self.kernels),
-             f"kernels must be distinct odd integers >= 1, not {self.kernels!r}")
+             f"kernels must be distinct odd integers in 1..{MAX_KERNEL}, not {self.kernels!r:.80}")
         need(isinstance(self.expansions, (list, tuple)) and len(self.expansions) >= 1
-             and all(_is_int(t) and t >= 1 for t in self.expansions)
+             and all(_is_int(t) and 1 <= t <= MAX_EXPANSION for t in self.expansions)
              and len(set(self.expansions)) == len(self.expansions),
-             f"expansions must be distinct integers >= 1, not {self.expansions!r}")
+             f"expansions must be distinct integers in 1..{MAX_EXPANSION}, not "
+             f"{self.expansions!r:.80}")
         self.kernels, self.expansions = [int(k) for k in self.kernels], [int(t) for t in self.expansions]
         for name in ("bn_affine", "nested_init"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, not {getattr(self, name)!r}")
@@ -160,7 +186,8 @@ class DenseNASConfig(MethodConfig):
              f"warmup_fraction must be in [0, 1), not {self.warmup_fraction!r}")
         need(_is_num(self.select_from) and 0 <= self.select_from <= 1,
              f"select_from must be in [0, 1], not {self.select_from!r}")
-        need(_is_int(self.top_k) and self.top_k >= 1, f"top_k must be an integer >= 1, not {self.top_k!r}")
+        need(_is_int(self.top_k) and 1 <= self.top_k <= MAX_TOP_K,
+             f"top_k must be an integer in 1..{MAX_TOP_K}, not {self.top_k!r}")
         need(self.lr is None or (_is_num(self.lr) and self.lr > 0),
              f"lr must be a number > 0 (or left out for automatic), not {self.lr!r}")
         need(_is_num(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1,
@@ -171,7 +198,11 @@ class DenseNASConfig(MethodConfig):
             need(_is_num(v) and v >= 0, f"{name} must be a number >= 0, not {v!r}")
         need(self.arch_lr is None or (_is_num(self.arch_lr) and self.arch_lr > 0),
              f"arch_lr must be a number > 0 (or left out for automatic), not {self.arch_lr!r}")
-        self.resolved()  # the space itself: lengths, group and resolution rules
+        p = self.resolved()  # the space itself: lengths, group and resolution rules
+        params = supernet_params(p)
+        need(params <= MAX_PARAMS,
+             f"the space holds ~{params:,} parameters, more than the {MAX_PARAMS:,} a supernet "
+             f"may have; use fewer or narrower blocks, kernels or expansions")
 
     # ------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from nas2deploy.errors import UsageError
 from nas2deploy.method import MethodConfig
+from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 
 # Candidate ops a DAG level may hold: name -> (nas2deploy.ops op, its parameters besides width).
 # Every op is stride 1 and keeps the channel count, Conv-BN-ReLU order (METHODS.md §1.1).
@@ -22,6 +23,30 @@ OP_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 ADAPTIVE_COSTS = ("flops", "none")
+
+# Generous but finite bounds on the options that size the supernet or the run.
+MAX_LEVELS = 16
+MAX_BLOCKS_PER_STAGE = 64
+MAX_PRUNE_EVERY = 10_000
+MAX_STEP_RATIO = 1000
+
+
+def supernet_params(levels: int, ops: list[str], stages: int, blocks_per_stage: int,
+                    base_width: int) -> int:
+    """Rough weight count of the supernet, from the options alone, to refuse a space too
+    large to build before building it."""
+    total = 27 * base_width
+    for s in range(stages):
+        w = base_width * 2 ** s
+        per_op = 0
+        for name in ops:
+            op, extra = OP_TABLE[name]
+            k = extra.get("k", 1)
+            per_op += {"sep": w * k * k + w * w, "conv": w * w * k * k}.get(op, 0) + w * w
+        total += blocks_per_stage * levels * per_op + w * w  # the DAG's edges, the shortcut
+        if s < stages - 1:
+            total += 10 * w * 2 * w  # the 1×1 and 3×3 branches of the reduction block
+    return total + base_width * 2 ** (stages - 1) * 1000  # a classifier of up to 1000 classes
 
 
 def _default_ops() -> list[str]:
@@ -81,7 +106,8 @@ class DSONASConfig(MethodConfig):
         def is_num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        need(is_int(self.levels) and self.levels >= 1, f"levels must be an integer >= 1, not {self.levels!r}")
+        need(is_int(self.levels) and 1 <= self.levels <= MAX_LEVELS,
+             f"levels must be an integer in 1..{MAX_LEVELS}, not {self.levels!r}")
         need(isinstance(self.ops, (list, tuple)) and len(self.ops) >= 1,
              f"ops must be a non-empty list of op names, not {self.ops!r}")
         for op in self.ops:
@@ -89,21 +115,27 @@ class DSONASConfig(MethodConfig):
                  f"unknown op {op!r}; choose from {', '.join(OP_TABLE)}")
         need(len(set(self.ops)) == len(self.ops), f"ops has duplicates: {self.ops!r}")
         need(is_int(self.stages) and self.stages >= 1, f"stages must be an integer >= 1, not {self.stages!r}")
-        need(is_int(self.blocks_per_stage) and self.blocks_per_stage >= 0,
-             f"blocks_per_stage must be an integer >= 0, not {self.blocks_per_stage!r}")
-        need(is_int(self.base_width) and self.base_width >= 1,
-             f"base_width must be an integer >= 1, not {self.base_width!r}")
+        need(is_int(self.blocks_per_stage) and 0 <= self.blocks_per_stage <= MAX_BLOCKS_PER_STAGE,
+             f"blocks_per_stage must be an integer in 0..{MAX_BLOCKS_PER_STAGE}, not "
+             f"{self.blocks_per_stage!r}")
+        need(is_int(self.base_width) and 1 <= self.base_width <= MAX_CHANNELS,
+             f"base_width must be an integer in 1..{MAX_CHANNELS}, not {self.base_width!r}")
+        need(self.stages <= 16 and self.base_width * 2 ** (self.stages - 1) <= MAX_CHANNELS,
+             f"{self.stages} stages double base_width {self.base_width} to more than "
+             f"{MAX_CHANNELS} channels; use fewer stages or a smaller base_width")
         need(self.stem_stride in (1, 2) and is_int(self.stem_stride),
              f"stem_stride must be 1 or 2, not {self.stem_stride!r}")
         need(is_num(self.gamma) and self.gamma >= 0, f"gamma must be a number >= 0, not {self.gamma!r}")
         need(self.adaptive_cost in ADAPTIVE_COSTS,
              f"adaptive_cost must be one of {', '.join(ADAPTIVE_COSTS)}, not {self.adaptive_cost!r}")
-        need(is_int(self.prune_every) and self.prune_every >= 0,
-             f"prune_every must be an integer >= 0, not {self.prune_every!r}")
+        need(is_int(self.prune_every) and 0 <= self.prune_every <= MAX_PRUNE_EVERY,
+             f"prune_every must be an integer in 0..{MAX_PRUNE_EVERY}, not {self.prune_every!r}")
         need(is_num(self.pretrain_fraction) and 0 <= self.pretrain_fraction < 1,
              f"pretrain_fraction must be in [0, 1), not {self.pretrain_fraction!r}")
-        need(is_int(self.w_steps_per_arch_step) and self.w_steps_per_arch_step >= 1,
-             f"w_steps_per_arch_step must be an integer >= 1, not {self.w_steps_per_arch_step!r}")
+        need(is_int(self.w_steps_per_arch_step)
+             and 1 <= self.w_steps_per_arch_step <= MAX_STEP_RATIO,
+             f"w_steps_per_arch_step must be an integer in 1..{MAX_STEP_RATIO}, not "
+             f"{self.w_steps_per_arch_step!r}")
         for name in ("lr", "arch_lr"):
             v = getattr(self, name)
             need(is_num(v) and v > 0, f"{name} must be a number > 0, not {v!r}")
@@ -116,6 +148,11 @@ class DSONASConfig(MethodConfig):
              f"grad_clip must be a number >= 0 (0 = off), not {self.grad_clip!r}")
         need(isinstance(self.keep_scales, bool), f"keep_scales must be true or false, not {self.keep_scales!r}")
         self.ops = list(self.ops)
+        params = supernet_params(self.levels, self.ops, self.stages, self.blocks_per_stage,
+                                 self.base_width)
+        need(params <= MAX_PARAMS,
+             f"the space holds ~{params:,} parameters, more than the {MAX_PARAMS:,} a supernet "
+             f"may have; use fewer levels, blocks or ops, or a smaller base_width")
 
     def space_dict(self) -> dict[str, Any]:
         """The fields that define the supernet (and so the space fingerprint)."""

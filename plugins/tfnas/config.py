@@ -10,6 +10,7 @@ from typing import Any
 
 from nas2deploy.errors import UsageError
 from nas2deploy.method import MethodConfig
+from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 from nas2deploy.ops import ACTS
 
 # The eight candidate ops of every searchable block (METHODS.md §3.1): MBConv with kernel k,
@@ -40,6 +41,28 @@ PRESETS: dict[str, dict[str, Any]] = {"imagenet": IMAGENET_SPACE}
 
 SPACE_FIELDS = ("stem_channels", "stem_stride", "stem_block_channels", "stem_se", "stages",
                 "tail_channels")
+
+# Generous but finite bounds on the options that size the supernet or the run.
+MAX_STAGES = 32
+MAX_ROUNDS = 100
+MAX_STEP_RATIO = 1000
+
+
+def supernet_params(stem_channels: int, stem_block_channels: int, stem_se: int,
+                    stages: list[list[Any]], tail_channels: int) -> int:
+    """Rough weight count of the supernet (every candidate op at its widest), from the options
+    alone, to refuse a space too large to build before building it."""
+    c = stem_block_channels
+    total = 27 * stem_channels + stem_channels * (9 + c + 2 * stem_se) + c * tail_channels
+    for n, c_out, _, _ in stages:
+        for b in range(n):
+            for name in OP_NAMES:
+                k, e, se = op_def(name)
+                hi = (4 if e == 3 else 8) * c
+                se_c = 0 if not se else (c if e == 3 else 2 * c)
+                total += hi * (c + k * k + c_out + 2 * se_c)
+            c = c_out
+    return total + tail_channels * 1000  # a classifier of up to a thousand classes
 
 
 def _small_stages() -> list[list[Any]]:
@@ -159,13 +182,15 @@ class TFNASConfig(MethodConfig):
              f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         for name in ("stem_channels", "stem_block_channels", "tail_channels"):
             v = getattr(self, name)
-            need(is_int(v) and v >= 1, f"{name} must be an integer >= 1, not {v!r}")
-        need(is_int(self.stem_se) and self.stem_se >= 0,
-             f"stem_se must be an integer >= 0 (0 = no SE), not {self.stem_se!r}")
+            need(is_int(v) and 1 <= v <= MAX_CHANNELS,
+                 f"{name} must be an integer in 1..{MAX_CHANNELS}, not {v!r}")
+        need(is_int(self.stem_se) and 0 <= self.stem_se <= MAX_CHANNELS,
+             f"stem_se must be an integer in 0..{MAX_CHANNELS} (0 = no SE), not {self.stem_se!r}")
         need(is_int(self.stem_stride) and self.stem_stride in (1, 2),
              f"stem_stride must be 1 or 2, not {self.stem_stride!r}")
-        need(isinstance(self.stages, (list, tuple)) and len(self.stages) >= 1,
-             f"stages must be a non-empty list of [blocks, channels, stride, act], not {self.stages!r}")
+        need(isinstance(self.stages, (list, tuple)) and 1 <= len(self.stages) <= MAX_STAGES,
+             f"stages must be a list of 1..{MAX_STAGES} [blocks, channels, stride, act], not "
+             f"{self.stages!r:.80}")
         stages = []
         for i, st in enumerate(self.stages):
             if isinstance(st, dict):
@@ -176,12 +201,18 @@ class TFNASConfig(MethodConfig):
                  f"stage {i + 1} must be [blocks, channels, stride, act], not {st!r}")
             n, c, s, act = st
             need(is_int(n) and 1 <= n <= 16, f"stage {i + 1}: blocks must be an integer in 1..16, not {n!r}")
-            need(is_int(c) and c >= 1, f"stage {i + 1}: channels must be an integer >= 1, not {c!r}")
+            need(is_int(c) and 1 <= c <= MAX_CHANNELS,
+                 f"stage {i + 1}: channels must be an integer in 1..{MAX_CHANNELS}, not {c!r}")
             need(is_int(s) and s in (1, 2), f"stage {i + 1}: stride must be 1 or 2, not {s!r}")
             need(act in ACTS, f"stage {i + 1}: act must be one of {', '.join(ACTS)}, not {act!r} "
                               f"(the paper's swish is hswish here)")
             stages.append([n, c, s, act])
         self.stages = stages
+        params = supernet_params(self.stem_channels, self.stem_block_channels, self.stem_se,
+                                 stages, self.tail_channels)
+        need(params <= MAX_PARAMS,
+             f"the space holds ~{params:,} parameters, more than the {MAX_PARAMS:,} a supernet "
+             f"may have; use fewer or narrower stages")
         need(is_num(self.lam) and self.lam >= 0, f"lam must be a number >= 0, not {self.lam!r}")
         need(is_num(self.target_fraction) and 0 < self.target_fraction <= 1,
              f"target_fraction must be in (0, 1], not {self.target_fraction!r}")
@@ -192,14 +223,16 @@ class TFNASConfig(MethodConfig):
         need(isinstance(self.elastic, bool), f"elastic must be true or false, not {self.elastic!r}")
         need(isinstance(self.measured_landing, bool),
              f"measured_landing must be true or false, not {self.measured_landing!r}")
-        need(is_int(self.landing_rounds) and self.landing_rounds >= 0,
-             f"landing_rounds must be an integer >= 0, not {self.landing_rounds!r}")
+        need(is_int(self.landing_rounds) and 0 <= self.landing_rounds <= MAX_ROUNDS,
+             f"landing_rounds must be an integer in 0..{MAX_ROUNDS}, not {self.landing_rounds!r}")
         need(is_num(self.landing_tolerance) and 0 < self.landing_tolerance < 1,
              f"landing_tolerance must be in (0, 1), not {self.landing_tolerance!r}")
         need(is_num(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
              f"warmup_fraction must be in [0, 1), not {self.warmup_fraction!r}")
-        need(is_int(self.w_steps_per_arch_step) and self.w_steps_per_arch_step >= 1,
-             f"w_steps_per_arch_step must be an integer >= 1, not {self.w_steps_per_arch_step!r}")
+        need(is_int(self.w_steps_per_arch_step)
+             and 1 <= self.w_steps_per_arch_step <= MAX_STEP_RATIO,
+             f"w_steps_per_arch_step must be an integer in 1..{MAX_STEP_RATIO}, not "
+             f"{self.w_steps_per_arch_step!r}")
         need(is_num(self.tau_start) and self.tau_start > 0,
              f"tau_start must be a number > 0, not {self.tau_start!r}")
         need(is_num(self.tau_end) and 0 < self.tau_end <= self.tau_start,
