@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,8 +39,8 @@ import numpy as np
 from torch import nn
 
 from nas2deploy import engine as device
-from nas2deploy.bundle import sha256
-from nas2deploy.errors import ExportError, ShapeError, UnavailableError, UsageError
+from nas2deploy.bundle import bundle_file, sha256, write_atomic
+from nas2deploy.errors import BundleError, ExportError, ShapeError, UnavailableError, UsageError
 from nas2deploy.exporter import Artifact, ExportContext, Exporter, Runner
 from nas2deploy.target import Target
 
@@ -282,8 +283,9 @@ def script_text(plan: Plan) -> str:
         "# runs on the GPU model and TensorRT version that built it. Written by nas2deploy.",
         "#",
         "# usage: tensorrt/build_engine.sh [ENGINE_PATH] [extra trtexec flags, e.g. --verbose]",
-        "# `nas2deploy build-engine BUNDLE --trtexec` runs this script and records the engine in",
-        "# the manifest; `nas2deploy measure BUNDLE --target tensorrt:cuda` checks its latency.",
+        "# `nas2deploy build-engine BUNDLE --trtexec` runs the same trtexec command and records",
+        "# the engine in the manifest; `nas2deploy measure BUNDLE --target tensorrt:cuda` checks",
+        "# its latency.",
         "set -euo pipefail",
         'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
         'ENGINE="${1:-$HERE/model.engine}"',
@@ -347,7 +349,7 @@ Copy the whole bundle folder to the device, then either
 
 ```bash
 nas2deploy build-engine BUNDLE            # Python API; trtexec if the bindings are absent
-nas2deploy build-engine BUNDLE --trtexec  # always through this folder's build_engine.sh
+nas2deploy build-engine BUNDLE --trtexec  # always with trtexec (the command below)
 ```
 
 which writes `tensorrt/model.engine` atomically and records it (device, TensorRT version, hash) in
@@ -407,23 +409,28 @@ def check_script(bundle_dir: Path, script_rel: str, plan: Plan) -> str:
     return "bash -n passed; the ONNX file it reads is in the bundle"
 
 
+def verify_script(bundle_dir: Path, plan: Plan) -> None:
+    """BundleError unless the bundle's build script is exactly the one nas2deploy writes for
+    ``plan``. The script is code that came with the bundle: nothing else in it is trusted."""
+    path = bundle_file(bundle_dir, SCRIPT)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read {SCRIPT}: {one_line(exc)}") from exc
+    if text != script_text(plan):
+        raise BundleError(f"{SCRIPT} differs from the script nas2deploy writes for this bundle's "
+                          f"recorded build plan (edited, or written by another nas2deploy); "
+                          f"refusing to go on: restore the original or export the bundle again")
+
+
 def _write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    if mode is not None:
-        tmp.chmod(mode)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=mode)
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data)
 
 
 def write_device_files(bundle_dir: Path, plan: Plan) -> str:
@@ -589,21 +596,28 @@ def build_with_python(bundle_dir: Path, plan: Plan, engine_rel: str = ENGINE,
 
 
 def build_with_trtexec(bundle_dir: Path, plan: Plan, engine_rel: str = ENGINE) -> dict[str, Any]:
-    """Run the bundle's build_engine.sh into a temporary engine file, then rename it into place."""
-    root = Path(bundle_dir)
+    """Run trtexec with the command regenerated from ``plan`` (the command build_engine.sh holds;
+    the script itself came with the bundle and is never run) into a temporary engine file, then
+    rename it into place."""
+    root = Path(bundle_dir).resolve()
     trtexec = find_trtexec()
     if trtexec is None:
         raise UnavailableError("trtexec is not on PATH nor in " + ", ".join(TRTEXEC_DIRS) +
                                "; install TensorRT or put its bin folder on PATH")
-    engine = root / engine_rel
-    tmp = engine.with_name(f".{engine.name}.tmp-{os.getpid()}")
-    env = dict(os.environ, PATH=f"{Path(trtexec).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    engine = bundle_file(root, engine_rel)
+    cache = bundle_file(root, CACHE)
+    if cache.is_symlink():  # trtexec writes the cache back, through a link too
+        cache.unlink()
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{engine.name}.", suffix=".tmp", dir=engine.parent)
+    os.close(fd)
+    tmp = Path(name)
+    argv = [trtexec] + plan.trtexec_args(str(bundle_file(root, plan.onnx)), str(tmp), str(cache))
     t0 = time.perf_counter()
     try:
-        res = subprocess.run(["bash", str(root / SCRIPT), str(tmp)], capture_output=True,
-                             text=True, env=env)
-        (root / BUILD_LOG).write_text(res.stdout + res.stderr)
-        if res.returncode != 0 or not tmp.is_file():
+        res = subprocess.run(argv, capture_output=True, text=True, cwd=engine.parent)
+        write_atomic(root / BUILD_LOG, res.stdout + res.stderr)
+        if res.returncode != 0 or tmp.stat().st_size == 0:
             lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
             err = next((ln for ln in reversed(lines) if "[E]" in ln or "error" in ln.lower()),
                        lines[-1] if lines else "no output")
@@ -842,26 +856,43 @@ class TensorRTExporter(Exporter):
                      method: str = "auto", log=lambda message: None) -> Artifact:
         """Build ``tensorrt/model.engine`` on this machine and return the updated artifact.
 
-        ``method``: "python" (TensorRT's Python API), "trtexec" (the bundle's script) or "auto"
-        (Python if the bindings import, else trtexec). UnavailableError, one line, where TensorRT
-        or the GPU is missing; UsageError for a precision the bundle's ONNX cannot give.
+        ``method``: "python" (TensorRT's Python API), "trtexec" (trtexec with the command the
+        bundle's script holds, regenerated) or "auto" (Python if the bindings import, else
+        trtexec). BundleError where the bundle's script is not the one nas2deploy writes for the
+        recorded plan; UnavailableError, one line, where TensorRT or the GPU is missing;
+        UsageError for a precision the bundle's ONNX cannot give.
         """
         root = Path(bundle_dir)
         info = dict(artifact.info)
-        precision = precision or info.get("precision") or "fp32"
+        recorded = info.get("precision") or "fp32"
+        precision = precision or recorded
         if precision not in ("fp32", "fp16", "int8"):
             raise UsageError(f"unknown precision {precision!r}; choose fp32, fp16 or int8")
+        if recorded not in ("fp32", "fp16", "int8"):
+            raise BundleError(f"the bundle's tensorrt artifact records precision {recorded!r}")
         variants = {"fp32": info.get("onnx_fp32"), "qdq": info.get("onnx_qdq")}
         if variants["fp32"] is None and variants["qdq"] is None:
             raise UsageError("the bundle's tensorrt artifact does not name its ONNX files; "
                              "re-export with --export onnx,tensorrt")
+        for rel in variants.values():
+            if rel is not None:
+                bundle_file(root, rel)
+        try:
+            batch = int(info.get("profile", {}).get("opt", [1])[0])
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise BundleError(f"the bundle's tensorrt artifact has a malformed profile "
+                              f"({one_line(exc)})") from exc
         onnx_rel = _pick_onnx(variants, precision)
+        # first, before asking whether TensorRT is here: the script must be what nas2deploy
+        # writes for the recorded plan, or someone changed code that a user may run by hand
+        if os.path.lexists(root / SCRIPT):
+            recorded_plan, _ = make_plan(root, _pick_onnx(variants, recorded), recorded, batch)
+            verify_script(root, recorded_plan)
         method = self._choose_method(method)
         here = device.gpu_info().get("name")
         if info.get("device") and here and info["device"] != here:
             # the shipped cache holds another GPU's kernel timings, which trtexec may refuse
             (root / CACHE).unlink(missing_ok=True)
-        batch = int(info.get("profile", {}).get("opt", [1])[0])
         plan, checked = make_plan(root, onnx_rel, precision, batch)
         if precision != info.get("precision") or not (root / SCRIPT).is_file():
             script_check = write_device_files(root, plan)

@@ -1,69 +1,413 @@
-"""The output bundle: written into a temporary sibling directory, then renamed into place.
+"""The output bundle: staged in a hidden sibling directory, then swapped into place.
 
-An existing bundle is replaced only when asked, and only after the new one is complete, so a
-failed or interrupted run never leaves a half-written bundle where a good one was.
+Writing: one run at a time per ``--out`` (an flock on ``.NAME.lock`` beside it, holding the
+holder's pid, from plan to commit), and only over a nas2deploy bundle or an empty directory, even
+with ``--overwrite``. The commit is one atomic exchange of the two directories where the OS has
+one (Linux ``renameat2(RENAME_EXCHANGE)``), so some complete bundle is always at ``--out``;
+elsewhere two renames, and an old bundle that a kill left parked between them is put back by the
+next run. What killed runs leave (staging folders, scratch folders in the temp dir) is removed by
+the next run.
+
+Reading: every path the manifest names stays inside the bundle and passes through no symlink,
+and every file it names has a hash that must match.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .architecture import Architecture
 from .errors import BundleError, UsageError
-from .netspec import GraphNet, build_network
+from .netspec import GraphNet, SpecError, build_network, check_against_safetensors
 
 FORMAT = "nas2deploy.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SCRATCH = "nas2deploy-"  # scratch folders in the temp dir: nas2deploy-PID-KIND-random
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _pause(step: str) -> None:
+    """Test hook in the real commit path: with NAS2DEPLOY_PAUSE_AT=STEP a run stops at that
+    step (writing its pid to NAS2DEPLOY_PAUSE_FILE) so that tests/test_bundle_safety.py can kill
+    it exactly there. Steps: "staged" (bundle complete, before the commit), "exchanged" (new
+    bundle in place, old one not yet removed), "parked" (two-rename commit: old bundle moved
+    away, new one not yet in)."""
+    if os.environ.get("NAS2DEPLOY_PAUSE_AT") != step:
+        return
+    marker = os.environ.get("NAS2DEPLOY_PAUSE_FILE")
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+# --------------------------------------------------------------------------------------------
+# writing files
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
+    """``path`` written whole or not at all: a temporary file with a unique name beside it (a
+    fixed name could be planted as a symlink), fsync'ed, renamed over ``path``. A symlink at
+    ``path`` is refused, never written through. An update keeps the file's mode."""
+    path = Path(path)
+    if path.is_symlink():
+        raise BundleError(f"{path} is a symlink; refusing to write through it")
+    if isinstance(data, str):
+        data = data.encode()
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    # read, not set-and-restore: os.umask() would change it for every thread meanwhile
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+# --------------------------------------------------------------------------------------------
+# scratch folders in the temp dir
+
+
+def scratch_prefix(kind: str) -> str:
+    """Prefix for a scratch folder in the temp dir (``tempfile``'s ``prefix=``). The pid in the
+    name lets a later run tell a killed run's folder from a live one's (``clear_dead_scratch``)."""
+    return f"{SCRATCH}{os.getpid()}-{kind}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_dead_scratch() -> None:
+    """Remove this user's scratch folders whose process is gone (a kill -9 skips cleanup)."""
+    _clear_scratch(lambda pid: pid != os.getpid() and not _alive(pid))
+
+
+def clear_own_scratch() -> None:
+    """Remove this process's scratch folders, on the way out of an interrupted run: a signal
+    that lands between ``mkdtemp`` and the ``with`` that would remove the folder leaves it."""
+    _clear_scratch(lambda pid: pid == os.getpid())
+
+
+def _clear_scratch(remove) -> None:
+    base = Path(tempfile.gettempdir())
+    try:
+        entries = list(base.glob(f"{SCRATCH}*"))
+    except OSError:
+        return
+    for p in entries:
+        m = re.fullmatch(rf"{re.escape(SCRATCH)}(\d+)-.+", p.name)
+        if m is None or not remove(int(m.group(1))):
+            continue
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# --out: check, lock, recover, commit
+
+
+def is_bundle(path: Path) -> bool:
+    try:
+        read_manifest(path, check_hashes=False)
+    except BundleError:
+        return False
+    return True
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Fail fast, before any work, if ``out`` cannot receive a bundle."""
+    """Fail fast, before any work, if ``out`` cannot receive a bundle: it must be absent, an empty
+    directory, or (with ``overwrite``) a nas2deploy bundle."""
+    _check_out_path(out)
+    if out.is_dir():
+        try:
+            empty = not any(out.iterdir())
+        except OSError as exc:
+            raise UsageError(f"cannot read --out {out} ({exc.strerror}); choose another --out")
+        if empty:
+            return
+        if not is_bundle(out):
+            raise UsageError(f"{out} is not empty and is not a nas2deploy bundle; nas2deploy "
+                             f"replaces only its own bundles (--overwrite included): choose "
+                             f"another --out")
+        if not overwrite:
+            raise UsageError(f"{out} already holds a nas2deploy bundle; pass --overwrite to "
+                             f"replace it or choose another --out")
+
+
+def _check_out_path(out: Path) -> None:
+    """``out`` can be created or replaced: not a file, its parent a writable directory."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} already exists and is not empty; pass --overwrite to replace it "
-                         f"or choose another --out")
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out} is a symlink to nothing; choose a directory path")
     parent = out.resolve().parent
     if not parent.is_dir():
         raise UsageError(f"parent directory of --out {out} does not exist; create {parent} first")
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in {parent}; choose another --out")
 
 
-@contextmanager
-def staged_bundle(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary directory next to ``out``; on success it atomically becomes ``out``."""
-    check_out_dir(out, overwrite)
-    out = out.resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, old / "bundle")
+class OutLock:
+    """An exclusive ``flock`` on ``.NAME.lock`` beside ``out``, the holder's pid inside. Released
+    (and the file removed) by ``release``, by the process that took it; a killed holder's lock
+    is free again (the kernel drops it) and the next holder reuses the file."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self._fd: int | None = None
+        self._pid = os.getpid()
+
+    def acquire(self) -> "OutLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644)
+            except OSError as exc:
+                raise UsageError(f"cannot create the lock {self.path} ({exc.strerror}); choose "
+                                 f"another --out") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise UsageError(f"--out {self.out} is in use by another nas2deploy run (pid "
+                                 f"{holder}); wait for it to end or choose another --out")
+            except OSError as exc:
+                os.close(fd)
+                raise UsageError(f"cannot lock {self.path} ({exc.strerror}); choose another "
+                                 f"--out on a local file system") from exc
+            # a holder that released meanwhile removed the file: a lock on it guards nothing
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            return self
+
+    def release(self) -> None:
+        if self._fd is None or os.getpid() != self._pid:  # a forked child does not own it
+            return
         try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:  # put the previous bundle back
-                os.rename(old / "bundle", out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+@contextmanager
+def locked_bundle(bundle: str | Path) -> Iterator[Path]:
+    """Hold a bundle's ``--out`` lock while its manifest is read and written back, so that no
+    run replaces the bundle, and no other update is lost, in between."""
+    root = Path(bundle)
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} is not a directory; pass the --out folder of a run")
+    lock = OutLock(root.resolve()).acquire()
+    try:
+        yield root
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
+
+
+def claim_out(out: Path, overwrite: bool) -> OutLock:
+    """Check ``out``, lock it, put back a bundle that a killed commit left parked, remove what
+    killed runs left, and check what is there. The caller releases the lock it gets."""
+    _check_out_path(out)
+    lock = OutLock(out.resolve()).acquire()
+    try:
+        _recover(lock.out)
+        _clear_leftovers(lock.out)
+        clear_dead_scratch()
+        check_out_dir(lock.out, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _leftover(out: Path, kind: str) -> re.Pattern[str]:
+    # staging/parking folders are .NAME.KIND-PID-XXXXXXXX (tempfile.mkdtemp's 8 random chars)
+    return re.compile(rf"\.{re.escape(out.name)}\.{kind}-\d+-[a-z0-9_]{{8}}")
+
+
+def _recover(out: Path) -> None:
+    """A two-rename commit killed between its renames leaves nothing at ``out`` and the previous
+    bundle parked in ``.NAME.old-*/bundle``: put the newest complete one back."""
+    if os.path.lexists(out):
+        return
+    pattern = _leftover(out, "old")
+    parked = [p / "bundle" for p in out.parent.iterdir()
+              if pattern.fullmatch(p.name) and not p.is_symlink()
+              and not (p / "bundle").is_symlink() and is_bundle(p / "bundle")]
+    if parked:
+        newest = max(parked, key=lambda p: p.stat().st_mtime)
+        os.rename(newest, out)
+
+
+def _clear_leftovers(out: Path) -> None:
+    """Staging and parking folders of runs that no longer hold the lock (killed ones)."""
+    patterns = (_leftover(out, "tmp"), _leftover(out, "old"))
+    for p in list(out.parent.iterdir()):
+        if any(pat.fullmatch(p.name) for pat in patterns):
+            _remove(p)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28)
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically; False where the OS or file system cannot."""
+    # NAS2DEPLOY_COMMIT=rename takes the two-rename path, as on systems without the exchange
+    fn = None if os.environ.get("NAS2DEPLOY_COMMIT") == "rename" else _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):  # the new bundle is at out, the old one in tmp (removed by caller)
+        _pause("exchanged")
+        return
+    park = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+    os.rename(out, park / "bundle")
+    try:
+        _pause("parked")
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(park / "bundle", out)
+        raise
+    finally:
+        _remove(park)
+
+
+@contextmanager
+def staged_bundle(out: Path, overwrite: bool, lock: OutLock | None = None) -> Iterator[Path]:
+    """Yield a temporary directory next to ``out``; on success it atomically becomes ``out``.
+
+    ``lock``: the lock ``claim_out`` gave (held since the plan, released by its owner); without
+    one, ``out`` is claimed here and released at the end. What is at ``out`` is checked again
+    at the commit: it may have changed since the plan."""
+    own = lock is None
+    if lock is None:
+        lock = claim_out(out, overwrite)
+    out = lock.out
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        try:
+            yield tmp
+            _pause("staged")
+            check_out_dir(out, overwrite)
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 is for staging only
+            _commit(tmp, out)
+        finally:
+            _remove(tmp)  # after an exchange: the previous bundle
+    finally:
+        if own:
+            lock.release()
 
 
 def sha256(path: Path) -> str:
@@ -74,28 +418,98 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path))
 
 
+def _check_rel(rel: Any, where: str) -> PurePosixPath:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise BundleError(f"{where} names {rel!r}, which is not a relative file path")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise BundleError(f"{where} names {rel}, which is outside the bundle; a bundle's paths "
+                          f"are relative and stay inside it")
+    return p
+
+
+def bundle_file(bundle: str | Path, rel: Any) -> Path:
+    """``rel`` inside the bundle: relative, no ``..``, through no symlink, the file no symlink."""
+    root = Path(bundle).resolve()
+    p = root
+    for part in _check_rel(rel, MANIFEST).parts:
+        p = p / part
+        if p.is_symlink():
+            raise BundleError(f"bundle file {rel} passes through a symlink "
+                              f"({p.relative_to(root)}); a bundle holds plain files")
+    if not p.resolve().is_relative_to(root):
+        raise BundleError(f"bundle file {rel} is outside the bundle")
+    return p
+
+
+def _named_files(manifest: dict[str, Any], mpath: Path) -> dict[str, str]:
+    """Every file path the manifest names (``files``, ``artifacts[*].files``), checked to be
+    relative and inside, with where it is named."""
+    named: dict[str, str] = {}
+    for key, rel in manifest["files"].items():
+        _check_rel(rel, f"{mpath} files.{key}")
+        if key != "manifest":
+            named.setdefault(rel, f"files.{key}")
+    artifacts = manifest.get("artifacts", {})
+    if not isinstance(artifacts, dict):
+        raise BundleError(f"{mpath} has malformed 'artifacts'; re-run search-and-export")
+    for name, art in artifacts.items():
+        files = art.get("files") if isinstance(art, dict) else None
+        if not isinstance(files, dict):
+            raise BundleError(f"{mpath} has a malformed artifact {name!r}")
+        for key, rel in files.items():
+            _check_rel(rel, f"{mpath} artifacts.{name}.files.{key}")
+            named.setdefault(rel, f"artifacts.{name}.files.{key}")
+    return named
+
+
+def verify_files(bundle: str | Path, manifest: dict[str, Any], *,
+                 skip: Iterable[str] = ()) -> None:
+    """Every file the manifest names has a recorded hash, and every hashed file is a plain
+    file inside the bundle with that hash. ``skip``: paths not read (a file about to be
+    rebuilt)."""
+    root = Path(bundle)
+    mpath = root / MANIFEST
+    hashes = manifest.get("hashes")
+    if not isinstance(hashes, dict) or not hashes:
+        raise BundleError(f"{mpath} records no file hashes, so its files cannot be verified; "
+                          f"re-run search-and-export")
+    for rel, where in _named_files(manifest, mpath).items():
+        if rel not in hashes:
+            raise BundleError(f"bundle file {rel} ({where}) has no recorded hash in {mpath}")
+    skip = set(skip)
+    for rel, digest in hashes.items():
+        f = bundle_file(root, rel)
+        if rel in skip:
+            continue
+        if not f.is_file():
+            raise BundleError(f"bundle file {rel} is missing from {root}")
+        if not isinstance(digest, str) or sha256(f) != digest:
+            raise BundleError(f"bundle file {rel} does not match its recorded hash (corrupt or "
+                              f"modified)")
+
+
 def read_manifest(bundle: str | Path, *, check_hashes: bool = True) -> dict[str, Any]:
+    """The manifest, its paths checked; with ``check_hashes`` every file verified as well."""
     root = Path(bundle)
     if not root.is_dir():
         raise BundleError(f"bundle {root} is not a directory; pass the --out folder of a run")
     mpath = root / MANIFEST
+    if mpath.is_symlink():
+        raise BundleError(f"{mpath} is a symlink; a bundle's manifest is a file inside it")
     if not mpath.is_file():
         raise BundleError(f"{root} has no {MANIFEST}; is it a nas2deploy bundle?")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath} is corrupt ({exc}); re-run search-and-export") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot read {mpath} ({exc.strerror})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath} is not a nas2deploy manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -104,14 +518,9 @@ def read_manifest(bundle: str | Path, *, check_hashes: bool = True) -> dict[str,
     for key in ("files", "target", "latency"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"{mpath} lacks {key!r}; re-run search-and-export")
+    _named_files(manifest, mpath)
     if check_hashes:
-        for rel, digest in manifest.get("hashes", {}).items():
-            f = root / rel
-            if not f.is_file():
-                raise BundleError(f"bundle file {rel} is missing from {root}")
-            if sha256(f) != digest:
-                raise BundleError(f"bundle file {rel} does not match its recorded hash (corrupt or "
-                                  f"modified)")
+        verify_files(root, manifest)
     return manifest
 
 
@@ -120,9 +529,16 @@ def load_bundle(path: str | Path) -> GraphNet:
     root = Path(path)
     manifest = read_manifest(root)
     files = manifest["files"]
-    arch = Architecture.load(root / files.get("architecture", "architecture.json"))
+    for key in ("architecture", "weights"):
+        if key not in files:
+            raise BundleError(f"{root / MANIFEST} names no {key} file; re-run search-and-export")
+    arch = Architecture.load(bundle_file(root, files["architecture"]))
+    wpath = bundle_file(root, files["weights"])
+    try:  # the weights file's header must describe this network before either is built
+        check_against_safetensors(arch.network, wpath)
+    except SpecError as exc:
+        raise BundleError(str(exc)) from exc
     net = build_network(arch.network)
-    wpath = root / files.get("weights", "model.safetensors")
     try:
         state = load_file(str(wpath))
     except Exception as exc:  # safetensors raises its own error types

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +27,52 @@ def _fail(msg: str, code: int) -> None:
     sys.exit(code)
 
 
+def _stop(signum, frame):
+    # a second signal must not cut short the cleanup the first one started
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextmanager
+def _signals_stop_like_ctrl_c():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, as Ctrl-C does, so every
+    ``with`` and ``finally`` on the way out cleans up (staging folder, scratch folders, the
+    --out lock). A signal that was ignored when the command started (nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, _stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _stop:  # after a stop signal they stay ignored to the end
+                signal.signal(sig, handler)
+
+
 def handled(fn):
     """One clear line and the documented exit code instead of a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _signals_stop_like_ctrl_c():
+                return fn(*args, **kwargs)
         except Nas2DeployError as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was written", 130)
+        except KeyboardInterrupt as exc:
+            from .bundle import clear_own_scratch
+
+            clear_own_scratch()
+            by = f" by {exc}" if str(exc) else ""
+            _fail(f"interrupted{by}; nothing was written", 130)
         except Exception as exc:  # a bug or an environment problem: say so in one line
             if os.environ.get("NAS2DEPLOY_DEBUG"):
                 raise
@@ -242,8 +280,9 @@ def measure_cmd(bundle: Path, target: str | None, threads: int | None, as_json: 
               help="Default: the precision the bundle was exported for. int8 needs the bundle's "
                    "Q/DQ ONNX (an int8 export).")
 @click.option("--trtexec", "use_trtexec", is_flag=True,
-              help="Build with the bundle's tensorrt/build_engine.sh (trtexec) even if TensorRT's "
-                   "Python bindings import.")
+              help="Build with trtexec (the command in the bundle's tensorrt/build_engine.sh, "
+                   "regenerated from the manifest; the script itself is never run) even if "
+                   "TensorRT's Python bindings import.")
 @click.option("--json", "as_json", is_flag=True, help="Print the artifact's info as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True)
 @handled

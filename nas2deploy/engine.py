@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .bundle import MANIFEST, read_manifest, sha256, write_json_atomic
-from .errors import UsageError
+from .bundle import (MANIFEST, bundle_file, locked_bundle, read_manifest, sha256, verify_files,
+                     write_json_atomic)
+from .errors import BundleError, UsageError
 from .exporter import Artifact
 from .runtime import exporter_for_runtime
 
@@ -97,17 +98,34 @@ def gpu_info() -> dict[str, Any]:
 def build_engine(bundle: str | Path, *, precision: str | None = None, trtexec: bool = False,
                  log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Build the bundle's engine here, record it in the manifest, return the artifact's info."""
-    root = Path(bundle)
-    manifest = read_manifest(root)
+    with locked_bundle(bundle) as root:
+        return _build_engine(root, precision, trtexec, log)
+
+
+def _build_engine(root: Path, precision: str | None, trtexec: bool,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    manifest = read_manifest(root, check_hashes=False)
     name = exporter_for_runtime("tensorrt")
     entry = manifest.get("artifacts", {}).get(name)
     if entry is None:
         raise UsageError(f"{root} has no {name} artifact; export with --export onnx,{name} "
                          f"(the bundle then carries the ONNX file and the engine-build script)")
+    # every file is verified but the engine, which this rebuilds (it may be missing, or one
+    # built by hand); the ONNX files the build reads must be files the manifest hashes
+    verify_files(root, manifest, skip=[rel for key, rel in entry["files"].items()
+                                       if key == "engine"])
+    info = entry.get("info")
+    if not isinstance(info, dict):
+        raise BundleError(f"{root / MANIFEST} has a malformed {name} artifact (no info)")
+    for key in ("onnx", "onnx_fp32", "onnx_qdq"):
+        rel = info.get(key)
+        if rel is not None and rel not in manifest["hashes"]:
+            raise BundleError(f"{root / MANIFEST} names {rel} as the {name} artifact's {key} "
+                              f"but records no hash for it")
     cls = registry.exporters.get(name)
     if not hasattr(cls, "build_engine"):
         raise UsageError(f"exporter {name!r} cannot build engines on the device")
-    artifact = Artifact(name, dict(entry["files"]), dict(entry.get("info", {})))
+    artifact = Artifact(name, dict(entry["files"]), dict(info))
     method = "trtexec" if trtexec else "auto"
     built: Artifact = cls().build_engine(root, artifact, precision=precision, method=method,
                                          log=log)
@@ -116,7 +134,7 @@ def build_engine(bundle: str | Path, *, precision: str | None = None, trtexec: b
     files = manifest.setdefault("files", {})
     for key, rel in built.files.items():
         files[name if key == "model" else f"{name}_{key}"] = rel
-    manifest["hashes"] = {rel: sha256(root / rel) for key, rel in sorted(files.items())
-                          if key != "manifest" and (root / rel).is_file()}
+    paths = {rel: bundle_file(root, rel) for key, rel in sorted(files.items()) if key != "manifest"}
+    manifest["hashes"] = {rel: sha256(path) for rel, path in paths.items() if path.is_file()}
     write_json_atomic(root / MANIFEST, manifest)
     return built.info

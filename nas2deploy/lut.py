@@ -85,6 +85,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .bundle import scratch_prefix
 from .errors import UnavailableError, UsageError
 from .exporter import Runner
 from .latency import FlopsProxy, LatencyModel
@@ -444,7 +445,7 @@ def measure_networks(nets: Sequence[nn.Module], target: Target, example_shape: t
     """End-to-end p50 of whole networks on ``target``: each exported by the registered exporters
     (the artifact deployment runs; ``fast_export`` swaps the dynamo ONNX step for the legacy
     one) and loaded by the runtime's runner, then all timed interleaved."""
-    with tempfile.TemporaryDirectory(prefix="nas2deploy-lut-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("lut")) as tmp:
         factory = RunnerFactory(target, Path(workdir or tmp), fast_export=fast_export)
         x = torch.randn(*example_shape, generator=torch.Generator().manual_seed(0))
         runners = []
@@ -788,7 +789,7 @@ def build_table(method, supernet: nn.Module, target: Target, *, input_size: int,
     try:
         for c0 in range(0, len(keys), chunk):
             part = keys[c0:c0 + chunk]
-            with tempfile.TemporaryDirectory(prefix="nas2deploy-lut-") as tmp:
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("lut")) as tmp:
                 factory = RunnerFactory(target, Path(tmp), fast_export=fast_export)
                 runners, inputs = [factory(null_net, null_x)], [null_x.numpy()]
                 for key in part:

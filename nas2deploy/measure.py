@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, load_bundle, read_manifest, write_json_atomic
-from .errors import BundleError
+from .bundle import MANIFEST, load_bundle, locked_bundle, read_manifest, write_json_atomic
+from .errors import BundleError, UsageError
 from .exporter import Artifact
 from .latency import measure_instances
 from .runtime import artifact_loader, cpu_name, exporter_for_runtime, random_input
@@ -17,12 +19,24 @@ from .target import SUPPORTED_PRECISIONS, Target
 
 def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: int | None = None,
                    record: bool = True) -> dict[str, Any]:
-    root = Path(bundle)
+    most = 4 * (os.cpu_count() or 1)
+    if threads is not None and not 1 <= threads <= most:
+        raise UsageError(f"--threads must be in 1..{most} (4 x this machine's CPUs), not "
+                         f"{threads}")
+    # recording holds the bundle's lock: no run replaces the bundle, and no other update of the
+    # manifest is lost, between reading the manifest and writing it back
+    with locked_bundle(bundle) if record else nullcontext(Path(bundle)) as root:
+        return _measure(root, target, threads, record)
+
+
+def _measure(root: Path, target: str | None, threads: int | None,
+             record: bool) -> dict[str, Any]:
     manifest = read_manifest(root)
     t = manifest["target"]
     try:
         tgt = Target.parse(target or f"{t['runtime']}:{t['device']}:{t['precision']}",
-                           batch=int(t["batch"]), threads=threads or int(t["threads"]))
+                           batch=int(t["batch"]),
+                           threads=int(t["threads"]) if threads is None else threads)
         shape = tuple(manifest["preprocessing"]["input_shape"])
         budget = float(manifest["latency"]["budget_ms"])
         artifacts = {name: Artifact(name, a["files"], a.get("info", {}))

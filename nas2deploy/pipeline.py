@@ -9,7 +9,6 @@ each proposal is exported and timed, and the estimate is recalibrated on what wa
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import shutil
 import tempfile
@@ -23,10 +22,11 @@ import torch
 
 from . import __version__, registry
 from .architecture import Architecture
-from .bundle import FORMAT, FORMAT_VERSION, MANIFEST, check_out_dir, save_weights, sha256, staged_bundle
+from .bundle import (FORMAT, FORMAT_VERSION, MANIFEST, OutLock, claim_out, save_weights, sha256,
+                     staged_bundle, write_json_atomic)
 from .config import RunConfig
 from .counting import count_layers, count_macs, count_params
-from .data import Dataset, load_dataset, parse_dataset_spec
+from .data import Dataset, check_dataset, load_dataset
 from .errors import PrecisionError, UsageError
 from .exporter import ExportContext, verify_parity
 from .latency import LatencyReport, measure_instances, secant
@@ -92,6 +92,11 @@ class Plan:
     exports: list[str]
     out: Path
     remote: str | None = None  # why the target's artifact cannot be timed on this machine
+    lock: OutLock | None = None  # --out, held from the plan to the commit
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def plan(cfg: RunConfig) -> Plan:
@@ -123,10 +128,12 @@ def plan(cfg: RunConfig) -> Plan:
                 f"--lut FILE here")
         if cfg.max_rounds < 1:
             raise UsageError("--max-rounds must be >= 1")
-    parse_dataset_spec(cfg.dataset)
+    # train_copies=2: the search splits copy the train images
+    check_dataset(cfg.dataset, input_size=cfg.input_size, batch=cfg.batch, train_copies=2)
     out = Path(cfg.out)
-    check_out_dir(out, cfg.overwrite)
-    return Plan(cfg, target, method, exports, out, remote)
+    # last: whatever fails after the lock is taken must release it
+    lock = claim_out(out, cfg.overwrite)
+    return Plan(cfg, target, method, exports, out, remote, lock)
 
 
 class _Quiet:
@@ -174,6 +181,14 @@ def _report_dict(rep: LatencyReport) -> dict[str, Any]:
 def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: None,
                       progress: Callable[..., Any] | None = None) -> Result:
     p = plan(cfg)
+    try:
+        return _search_and_export(p, cfg, log=log, progress=progress)
+    finally:
+        p.release()
+
+
+def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
+                       progress: Callable[..., Any] | None) -> Result:
     progress = progress or _null_progress
     target, method = p.target, p.method
     timings: dict[str, float] = {}
@@ -408,7 +423,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
     history_retrain: list[dict[str, Any]] = []
     timings["retrain_s"] = timings["export_s"] = 0.0
     calibration = ds.x_train[: cfg.calibration_samples] if target.precision == "int8" else None
-    with staged_bundle(p.out, cfg.overwrite) as tmp:
+    with staged_bundle(p.out, cfg.overwrite, p.lock) as tmp:
         kept: dict[str, Any] | None = None
         for attempt in range(1, FINAL_ATTEMPTS + 1):
             if cfg.retrain_from == "scratch":
@@ -609,7 +624,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
         files.update(figures)
         manifest["hashes"] = {rel: sha256(tmp / rel) for key, rel in sorted(files.items())
                               if key != "manifest"}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_json_atomic(tmp / MANIFEST, manifest)
     log(f"bundle written to {p.out}")
     return Result(p.out, manifest)
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import registry
+from .bundle import scratch_prefix
 from .errors import UnavailableError, UsageError
 from .exporter import Artifact, ExportContext, Exporter, Runner, torch_runner
 from .latency import INSTANCES, LatencyReport, Protocol, measure_instances
@@ -112,7 +113,7 @@ def measure_model(model: nn.Module, target: Target, example_shape: tuple[int, ..
     ``instances`` fresh loads)."""
     check_target_device(target)
     x = torch.randn(*example_shape)
-    with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix("measure")) as tmp:
         load = export_loader(model, target, Path(tmp), x)
         return measure_instances(load, x.numpy(), batch=target.batch, threads=target.threads,
                                  protocol=protocol, instances=instances)
@@ -154,7 +155,7 @@ class SideBySide:
         self.target, self.reference_ms = target, float(reference_ms)
         self.seconds, self.instances = seconds, instances
         self._x = torch.randn(*example_shape, generator=torch.Generator().manual_seed(0))
-        self._dir = tempfile.TemporaryDirectory(prefix="nas2deploy-reference-")
+        self._dir = tempfile.TemporaryDirectory(prefix=scratch_prefix("reference"))
         self._load_ref: Loader | None = export_loader(reference, target, Path(self._dir.name),
                                                      self._x)
 
@@ -198,7 +199,7 @@ class SideBySide:
                           runs=sum(c.runs for c, _ in pairs), instance_ratios=ratios)
 
     def measure(self, model: nn.Module) -> SideTiming:
-        with tempfile.TemporaryDirectory(prefix="nas2deploy-measure-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix("measure")) as tmp:
             return self.time(export_loader(model, self.target, Path(tmp), self._x))
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,12 +38,20 @@ def no_leftovers(parent: Path, name: str):
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")] == []
 
 
+def earlier_bundle(folder: Path) -> None:
+    """An earlier run's manifest: --overwrite replaces only nas2deploy bundles (issue 12)."""
+    (folder / "manifest.json").write_text(json.dumps(
+        {"format": "nas2deploy.bundle", "format_version": 1, "files": {}, "target": {},
+         "latency": {}}))
+
+
 @pytest.fixture(scope="module")
 def bundle(random_plugin, tmp_path_factory):
     """One real run of the whole pipeline (tiny config), shared by the bundle tests."""
     out = tmp_path_factory.mktemp("run") / "bundle"
     out.mkdir()
     (out / "stale.txt").write_text("from an earlier run")
+    earlier_bundle(out)
     cfg = out.parent / "tiny.toml"
     cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 4\n'
                    'target = "onnxruntime:cpu"\nexport = "onnx,openvino"\n'
@@ -122,6 +131,7 @@ def test_overwrite_failure_keeps_the_old_bundle(random_plugin, tiny_random_confi
     out = tmp_path / "b"
     out.mkdir()
     (out / "keep.txt").write_text("old bundle")
+    earlier_bundle(out)
     from nas2deploy import pipeline
     from nas2deploy.errors import ParityError
 
@@ -133,7 +143,7 @@ def test_overwrite_failure_keeps_the_old_bundle(random_plugin, tiny_random_confi
                   "--overwrite", "--quiet", "--max-rounds", "1")
     assert_clean_error(res, 1, "atol")
     assert (out / "keep.txt").read_text() == "old bundle"
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "manifest.json"]
     assert no_leftovers(tmp_path, "b")
 
 
@@ -296,3 +306,188 @@ def test_closed_loop_width_follows_the_measurements_once_they_bracket_the_aim():
     # the nearest measurements either side of the aim are used
     assert secant([(1.0, 0.30), (0.25, 0.10), (0.5, 0.15), (0.8, 0.25)], 0.2) == \
         pytest.approx(0.65)
+
+
+# --- issue 12: any input. Out-of-range numbers, crafted files and datasets that cannot fit ------
+
+CONSOLE = Path(sys.executable).with_name("nas2deploy")
+
+
+@pytest.fixture
+def no_dataset_load(monkeypatch):
+    """Loading the dataset means the bad input got past the up-front checks."""
+    from nas2deploy import pipeline
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the dataset was loaded: the input was not checked up front")
+
+    monkeypatch.setattr(pipeline, "load_dataset", loaded)
+
+
+OUT_OF_RANGE = [
+    (["--seed", "-1"], "--seed"),
+    (["--seed", "4294967296"], "--seed"),
+    (["--latency-ms", "inf"], "--latency-ms"),
+    (["--latency-ms", "nan"], "--latency-ms"),
+    (["--max-accuracy-drop", "inf"], "--max-accuracy-drop"),
+    (["--min-width", "nan"], "--min-width"),
+    (["--threads", "100000"], "--threads"),
+    (["--batch", "270"], "test split"),
+    (["--max-rounds", "1000000"], "--max-rounds"),
+    (["--calibration-samples", "1000000000"], "--calibration-samples"),
+    (["--retrain-epochs", "10000000"], "--retrain-epochs"),
+    (["--search-epochs", "10000000"], "--search-epochs"),
+]
+
+
+@pytest.mark.parametrize("args,needle", OUT_OF_RANGE, ids=[" ".join(a) for a, _ in OUT_OF_RANGE])
+def test_out_of_range_option_exits_2_before_any_work(args, needle, tmp_path, no_dataset_load):
+    out = tmp_path / "out"
+    res = run_cli("search-and-export", "--out", str(out), *args)
+    assert_clean_error(res, 2, needle)
+    assert "Infinity" not in res.output and not out.exists() and no_leftovers(tmp_path, "out")
+
+
+METHOD_OUT_OF_RANGE = [
+    ("tfnas", "stem_channels = 1000000000", "stem_channels"),
+    ("tfnas", "lam = inf", "lam"),
+    ("tfnas", "landing_rounds = -2", "landing_rounds"),
+    ("dsonas", "gamma = nan", "gamma"),
+    ("dsonas", "base_width = 1000000", "base_width"),
+    ("densenas", "widths = [1000000, 1000000, 1000000, 1000000, 1000000, 1000000, 1000000]",
+     "widths"),
+    ("densenas", "top_k = 1000000000", "top_k"),
+]
+
+
+@pytest.mark.parametrize("method,line,needle", METHOD_OUT_OF_RANGE,
+                         ids=[f"{m} {line:.30}" for m, line, _ in METHOD_OUT_OF_RANGE])
+def test_out_of_range_method_option_exits_2(method, line, needle, tmp_path, no_dataset_load):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'method = "{method}"\n[method-options]\n{line}\n')
+    out = tmp_path / "out"
+    res = run_cli("search-and-export", "--config", str(cfg), "--out", str(out))
+    assert_clean_error(res, 2, needle)
+    assert not out.exists()
+
+
+def test_console_script_bounds_seed_and_batch(tmp_path):
+    """Real processes: a negative seed, and a batch the test split cannot fill."""
+    for args, needle in ((["--seed", "-1"], "--seed"), (["--batch", "270"], "269 images")):
+        out = tmp_path / "o"
+        res = subprocess.run([str(CONSOLE), "search-and-export", "--quiet", "--out", str(out),
+                              *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+        assert not out.exists()
+
+
+def _crafted_bundle(root: Path, network: dict) -> Path:
+    """A bundle whose architecture.json was written by hand (and hashed, as a crafted bundle
+    would be); its manifest names the torch runtime so that `measure` rebuilds the network from
+    the architecture."""
+    import hashlib
+
+    root.mkdir()
+    arch = {"format": "nas2deploy.architecture", "version": 1, "method": "crafted", "space": {},
+            "seed": 0, "width_multiplier": 1.0, "decisions": {}, "metadata": {},
+            "network": network}
+    (root / "architecture.json").write_text(json.dumps(arch))
+    (root / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    manifest = {"format": "nas2deploy.bundle", "format_version": 1,
+                "files": {"architecture": "architecture.json", "weights": "model.safetensors"},
+                "target": {"runtime": "torch", "device": "cpu", "precision": "fp32", "batch": 1,
+                           "threads": 1},
+                "latency": {"budget_ms": 1.0}, "preprocessing": {"input_shape": [1, 3, 8, 8]},
+                "artifacts": {},
+                "hashes": {name: hashlib.sha256((root / name).read_bytes()).hexdigest()
+                           for name in ("architecture.json", "model.safetensors")}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _conv_net(c: int, k: int = 3, layers: int = 1) -> dict:
+    nodes = [{"id": "stem", "op": "conv", "inputs": ["input"], "c_in": 3, "c_out": c, "k": 1}]
+    for j in range(layers):
+        nodes.append({"id": f"l{j}", "op": "conv", "inputs": [nodes[-1]["id"]], "c_in": c,
+                      "c_out": c, "k": k})
+    nodes.append({"id": "head", "op": "head", "inputs": [nodes[-1]["id"]], "c_in": c,
+                  "num_classes": 10})
+    return {"input": {"channels": 3, "size": [8, 8]}, "num_classes": 10, "nodes": nodes,
+            "output": "head"}
+
+
+@pytest.mark.parametrize("case", ["negative-channels", "huge-channels", "too-many-parameters"])
+def test_measure_refuses_a_crafted_architecture_before_building_it(tmp_path, case):
+    if case == "negative-channels":
+        net = _conv_net(-5)
+    elif case == "huge-channels":
+        net = _conv_net(10 ** 6)
+    else:  # every value in range, the whole ~250e9 parameters
+        net = _conv_net(16384, k=15, layers=4)
+    b = _crafted_bundle(tmp_path / "b", net)
+    res = subprocess.run([str(CONSOLE), "measure", str(b), "--no-record"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "architecture.json" in lines[0]
+    assert "unexpected" not in res.stderr
+
+
+_EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+        b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+
+
+def test_console_script_refuses_postscript_named_png(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (10, 10), colour).save(root / cls / f"{i}.png")
+    (root / "cat" / "evil.png").write_bytes(_EPS)
+    out = tmp_path / "o"
+    res = subprocess.run([str(CONSOLE), "search-and-export", "--dataset", f"folder:{root}",
+                          "--input-size", "8", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "evil.png" in lines[0] and "not a PNG" in lines[0], res.stderr
+    assert not out.exists()
+
+
+def _write_cifar_batches(folder: Path, per_batch: int, test: int) -> Path:
+    """CIFAR-10 python batches in the distributed format (a pickled dict of bytes keys)."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]:
+        batch = {b"batch_label": name.encode(), b"labels": [j % 10 for j in range(n)],
+                 b"data": np.zeros((n, 3072), dtype=np.uint8),
+                 b"filenames": [f"{j}.png".encode() for j in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return folder
+
+
+def test_console_script_refuses_a_dataset_that_cannot_fit_in_memory(tmp_path):
+    """10,000 CIFAR images at 512×512 need ~50 GiB as float32 (and a search copy of the train
+    split); the process may map 16 GiB. Refused up front, before anything is allocated."""
+    import resource
+
+    d = _write_cifar_batches(tmp_path / "cifar", per_batch=1800, test=1000)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    out = tmp_path / "o"
+    res = subprocess.run([str(CONSOLE), "search-and-export", "--dataset", f"cifar10:{d}",
+                          "--input-size", "512", "--quiet", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert re.search(r"needs ~[\d.]+ GiB, [\d.]+ GiB available", lines[0]), lines[0]
+    assert not out.exists()
