@@ -5,9 +5,11 @@ DAG of many small ops, like what DSO-NAS derives) and a plain MobileNetV2-like c
 convolutions). Each is exported once per precision exactly as a bundle is (int8: Q/DQ calibrated
 on 512 training images), then every (runtime, precision) runner is timed in interleaved rounds
 (``--rounds`` × 2000 calls each, batch 1, 1 thread), so drift of the shared machine hits all of
-them alike. Prints the median p50 per row, the ratio to fp32 on the same runtime, and the top-1
-agreement with PyTorch fp32 on the test split. Final line: ``int8_vs_fp32: <ratio> openvino,
-<ratio> onnxruntime`` (median p50 int8 / fp32 of the chain network; < 1 means int8 is faster).
+them alike. Prints the CPU and the ISA flags that pick the int8 kernels (without VNNI, u8 x s8
+pairs saturate at 16 bits: see ``quantize_int8``), the int8 weight form, the median p50 per row,
+the ratio to fp32 on the same runtime, the top-1 agreement with PyTorch fp32 on the test split,
+and the int8 agreement per runtime. Final line: ``int8_vs_fp32: <ratio> openvino, <ratio>
+onnxruntime`` (median p50 int8 / fp32 of the chain network; < 1 means int8 is faster).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_line  # noqa: E402
+from _common import isa_line, machine_line  # noqa: E402
 
 from nas2deploy import registry  # noqa: E402
 from nas2deploy.data import load_dataset  # noqa: E402
@@ -60,7 +62,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--dag-width", type=float, default=0.5)
     args = ap.parse_args()
-    print(machine_line(), flush=True)
+    print(machine_line())
+    print(isa_line(), flush=True)
     ds = load_dataset("digits", input_size=32, seed=0)
     dso = registry.methods.get("dsonas")()
     dag = scale_width(materialize(dso.largest(dso.build(TaskSpec(1, 32, 10)))), args.dag_width)
@@ -74,7 +77,7 @@ def main() -> None:
             train(net, ds.x_train, ds.y_train, epochs=args.epochs, seed=0)
             net.eval()
             ref = net(ds.x_test).argmax(1).numpy()
-            runners = {}
+            runners, weights = {}, None
             for runtime, precision in ROWS:
                 tgt = Target.parse(f"{runtime}:{precision}")
                 folder = Path(tmp) / f"{name}-{runtime}-{precision}"
@@ -82,6 +85,8 @@ def main() -> None:
                                     calibration=ds.x_train[:512])
                 fmt = "openvino" if runtime.startswith("openvino") else "onnx"
                 export_chain(net, [fmt], ctx)
+                if precision == "int8" and fmt == "onnx":
+                    weights = ctx.artifacts["onnx"].info["quantization"]["weights"]
                 run = runner_for(net, tgt, folder, ctx.artifacts)
                 got = np.concatenate([run(ds.x_test[i:i + 1].numpy()).argmax(1)
                                       for i in range(len(ds.x_test))])
@@ -90,7 +95,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for key, (run, _) in runners.items():
                     p50s[key].append(measure(run, x, protocol=proto).p50_ms)
-            print(f"# {name}: params {sum(p.numel() for p in net.parameters()):,}")
+            print(f"# {name}: params {sum(p.numel() for p in net.parameters()):,}, fp32 top-1 "
+                  f"{(ref == ds.y_test.numpy()).mean():.2%}; int8 weights: {weights}")
             print(f"{'runtime':<16} {'precision':<9} {'p50 ms':>8} {'vs fp32':>8} {'agree':>7}")
             for (runtime, precision), vals in p50s.items():
                 med = statistics.median(vals)
@@ -99,6 +105,9 @@ def main() -> None:
                       f"{runners[(runtime, precision)][1]:>7.2%}", flush=True)
                 if name == "chain" and precision == "int8":
                     final[runtime.split(":")[0]] = med / base
+            print(f"# {name}: int8 top-1 agreement with fp32: " + ", ".join(
+                f"{runtime.split(':')[0]} {agree:.2%}" for (runtime, precision), (_, agree)
+                in runners.items() if precision == "int8"), flush=True)
     print(f"int8_vs_fp32: {final['openvino']:.2f} openvino, {final['onnxruntime']:.2f} onnxruntime")
 
 

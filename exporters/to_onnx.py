@@ -34,6 +34,19 @@ CALIBRATION_BATCH = 32
 # slower than fp32 in onnxruntime; Q/DQ on conv/gemm inputs and weights is also the placement
 # TensorRT's explicit quantization fuses best.
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+# x86 CPUs without VNNI (AVX2-only, AVX-512 before Cascade Lake) multiply u8 activations by s8
+# weights with VPMADDUBSW, which adds each adjacent pair of products into an int16 with
+# saturation; both onnxruntime (MLAS) and oneDNN feed s8 activations as u8 (+128). With 8-bit
+# weights a pair reaches 2*255*127 = 64770 and is clipped: on an AVX2-only EPYC top-1 agreement
+# with fp32 fell to 91% (onnxruntime). 7-bit weights keep every pair within 2*255*64 = 32640, on
+# every CPU, so the bundle does not depend on the CPU it was built on. Activations stay 8-bit
+# symmetric (TensorRT needs zero point 0, and their range is not what overflows).
+WEIGHT_RANGE = (-64, 64)  # onnxruntime's reduce_range for QInt8
+OVERFLOW_SAFE_WHY = ("7-bit weights: |w| <= 64, so a pair of u8 x s8 products sums to at most "
+                     "2*255*64 = 32640 <= 32767 and stays within int16 on x86 CPUs without VNNI "
+                     "(VPMADDUBSW saturates)")
+OVERFLOW_UNSAFE_WHY = ("8-bit weights: a pair of u8 x s8 products can reach 2*255*127 = 64770 and "
+                       "saturates int16 on x86 CPUs without VNNI (VPMADDUBSW)")
 OPSET = 18  # what the dynamo exporter produces (asking for 17 silently gives 18)
 OUTPUT_NAME = "logits"
 # torch logs the whole failed trace (graphs, guards) at ERROR; the ExportError carries the reason
@@ -179,7 +192,7 @@ class _Batches:
 
 
 def quantize_int8(src: Path, dst: Path, input_name: str, calibration, example,
-                  metadata: dict[str, str]) -> dict:
+                  metadata: dict[str, str], *, reduce_range: bool = True) -> dict:
     """Q/DQ int8 ONNX from ``src``, calibrated on ``calibration`` (real images), else -- for a
     latency probe only -- on random inputs of the example's shape, which the info says.
 
@@ -187,6 +200,10 @@ def quantize_int8(src: Path, dst: Path, input_name: str, calibration, example,
     (zero point 0) and float biases: TensorRT's explicit
     quantization accepts only that form, and onnxruntime and OpenVINO run it as well. Weights per
     output channel; activation ranges by min/max over the calibration set.
+
+    Weights are 7-bit (``reduce_range``, see ``WEIGHT_RANGE``) so that the artifact is right on
+    every x86-64 CPU, not only the one it was built on. ``reduce_range=False`` writes the old
+    8-bit form; it exists to measure and test what the 7 bits fix.
     """
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -209,7 +226,8 @@ def quantize_int8(src: Path, dst: Path, input_name: str, calibration, example,
             quantize_static(
                 str(pre), str(dst), _Batches(input_name, x, CALIBRATION_BATCH),
                 quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=QUANTIZED_OPS,
+                weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
+                op_types_to_quantize=QUANTIZED_OPS,
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                "QuantizeBias": False,
@@ -227,9 +245,23 @@ def quantize_int8(src: Path, dst: Path, input_name: str, calibration, example,
     if n_q == 0:
         raise ExportError("int8 quantization inserted no QuantizeLinear node; nothing would run "
                           "in int8")
+    if reduce_range:
+        # the overflow safety is a property of the file, not of the flag: hold the quantizer to it
+        lo, hi = WEIGHT_RANGE
+        for init in proto.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8:
+                w = onnx.numpy_helper.to_array(init)
+                if w.size and (w.min() < lo or w.max() > hi):
+                    raise ExportError(f"int8 weights {init.name} span [{w.min()}, {w.max()}], "
+                                      f"outside the overflow-safe [{lo}, {hi}]")
+    weights = (f"int8 symmetric, per output channel, 7-bit range [{WEIGHT_RANGE[0]}, "
+               f"{WEIGHT_RANGE[1]}] (reduce_range)" if reduce_range
+               else "int8 symmetric, per output channel, full range [-127, 127]")
     return {"method": "onnxruntime.quantization.quantize_static, QDQ format, explicit "
                       "quantization", "activations": "int8 symmetric, per tensor, MinMax",
-            "weights": "int8 symmetric, per output channel", "bias": "float",
+            "weights": weights, "overflow_safe": bool(reduce_range),
+            "overflow_reason": (OVERFLOW_SAFE_WHY if reduce_range else OVERFLOW_UNSAFE_WHY),
+            "bias": "float",
             "calibration_samples": int(len(x)), "calibration_source": source,
             "quantize_nodes": n_q, "quantize_s": round(time.perf_counter() - t0, 3)}
 
