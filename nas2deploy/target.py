@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .config import MAX_BATCH, MAX_THREADS
 from .errors import UsageError
 
 RUNTIMES = {
@@ -57,10 +58,11 @@ class Target:
             why = _WHY_NOT.get((runtime, precision), f"{runtime} supports "
                                f"{', '.join(SUPPORTED_PRECISIONS[runtime])}")
             raise UsageError(f"target {runtime}:{device}:{precision} is not supported: {why}")
-        if batch < 1:
-            raise UsageError(f"batch must be >= 1, not {batch}")
-        if threads < 1:
-            raise UsageError(f"threads must be >= 1, not {threads}")
+        # every way in (options, `lut build`, a bundle's manifest) meets the same bounds
+        if not 1 <= batch <= MAX_BATCH:
+            raise UsageError(f"batch must be in 1..{MAX_BATCH}, not {batch}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise UsageError(f"threads must be in 1..{MAX_THREADS}, not {threads}")
         return cls(runtime, device, precision, batch, threads)
 
     def __str__(self) -> str:

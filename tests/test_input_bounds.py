@@ -393,3 +393,41 @@ def test_method_presets_and_defaults_still_valid():
                                  "stem_stride": 1})  # the paper's CIFAR space
     configs["densenas"].from_dict({})
     configs["densenas"].from_dict({"space": "imagenet"})
+
+
+# ---------------------------------------------------------------------------------------------
+# the same bounds on every way in: `lut build`, a bundle's manifest, a third-party plugin
+
+
+@pytest.mark.parametrize("args", [["--threads", "100000"], ["--threads", "0"],
+                                  ["--batch", "100000"]])
+def test_lut_build_threads_and_batch_bounded(args, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("nas2deploy")
+    res = subprocess.run([str(exe), "lut", "build", "--target", "onnxruntime:cpu", "--out",
+                          str(tmp_path / "t.json"), "--quiet", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "must be in 1.." in lines[0], res.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("field,value", [("threads", 100000), ("batch", 10 ** 9), ("threads", 0)])
+def test_target_bounds_hold_for_values_read_from_disk(field, value):
+    from nas2deploy.target import Target
+
+    with pytest.raises(UsageError, match=f"{field} must be in 1.."):
+        Target.parse("onnxruntime:cpu", **{field: value})
+
+
+@pytest.mark.parametrize("options,needle", [({"samples": "x"}, "samples"), ({"width": 10 ** 7}, "width"),
+                                            ({"layers": True}, "layers"), ({"ops": []}, "ops")])
+def test_example_plugin_options_bounded(random_plugin, options, needle):
+    from nas2deploy_random import RandomSearch
+
+    with pytest.raises(UsageError, match=needle):
+        RandomSearch(options)

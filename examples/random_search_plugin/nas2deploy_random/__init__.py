@@ -37,8 +37,12 @@ class RandomConfig(MethodConfig):
     ops: list[str] = field(default_factory=lambda: list(CANDIDATES))
 
     def validate(self) -> None:
-        if self.samples < 1 or self.layers < 1 or self.width < 4:
-            raise UsageError("random: samples and layers must be >= 1, width >= 4")
+        for name, lo, hi in (("samples", 1, 1000), ("layers", 1, 64), ("width", 4, 1024)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise UsageError(f"random: {name} must be an integer in {lo}..{hi}, not {v!r}")
+        if not isinstance(self.ops, list) or not self.ops:
+            raise UsageError(f"random: ops must be a non-empty list of {', '.join(CANDIDATES)}")
         bad = [o for o in self.ops if o not in CANDIDATES]
         if bad:
             raise UsageError(f"random: unknown op(s) {bad}; choose from {', '.join(CANDIDATES)}")
