@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
-from nas2deploy.runtime import cpu_name, environment
+import nas2deploy.env as nd_env
+from nas2deploy.env import cpu_name, cpuinfo, environment
 
 # What decides the int8 kernels a CPU gets: without a VNNI flag, u8 x s8 pairs are summed with
 # 16-bit saturation (VPMADDUBSW); AVX-512 doubles onnxruntime's channel block (8 -> 16).
@@ -18,29 +18,14 @@ def machine_line() -> str:
             f"torch {env['torch']} | onnxruntime {env['onnxruntime']} | openvino {env['openvino']}")
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's entries of /proc/cpuinfo (empty where there is none)."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():
-                break
-            key, _, value = line.partition(":")
-            info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return info
-
-
 def cpu_isa() -> dict[str, bool]:
     """Which of ``ISA_FLAGS`` the CPU reports (all False where /proc/cpuinfo is missing)."""
-    flags = set(_cpuinfo().get("flags", "").split())
-    return {f: f in flags for f in ISA_FLAGS}
+    return nd_env.cpu_isa(ISA_FLAGS)
 
 
 def isa_line() -> str:
     """CPU model, vendor family/model (VMs often hide the marketing name) and the int8 ISA."""
-    info, isa = _cpuinfo(), cpu_isa()
+    info, isa = cpuinfo(), cpu_isa()
     vnni = isa["avx512_vnni"] or isa["avx_vnni"] or isa["amx_int8"]
     ident = ", ".join(f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model")
                       if k in info)

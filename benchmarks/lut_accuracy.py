@@ -40,9 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line  # noqa: E402
 
-from nas2deploy import lut, registry  # noqa: E402
+from nas2deploy import registry  # noqa: E402
 from nas2deploy.counting import count_layers, count_macs  # noqa: E402
-from nas2deploy.latency import FlopsProxy  # noqa: E402
+from nas2deploy.latency import FlopsProxy, TableProtocol, time_interleaved  # noqa: E402
+from nas2deploy.latency.cache import get_or_build_table  # noqa: E402
+from nas2deploy.latency.calibrate import CalibratedLUT  # noqa: E402
+from nas2deploy.latency.collect import RunnerFactory, sample_subnets  # noqa: E402
+from nas2deploy.latency.grid import WidthGrid  # noqa: E402
+from nas2deploy.latency.table import LUTModel  # noqa: E402
 from nas2deploy.materialize import materialize, scale_width  # noqa: E402
 from nas2deploy.netspec import build_network  # noqa: E402
 from nas2deploy.method import TaskSpec  # noqa: E402
@@ -118,7 +123,7 @@ def main() -> None:
     progress = progress_factory(args.quiet)
     grid = "dense" if args.grid == "dense" else [float(g) for g in args.grid.split(",")]
     if grid == "dense":
-        grid = lut.WidthGrid(min_width=args.min_width)
+        grid = WidthGrid(min_width=args.min_width)
     targets = [Target.parse(t) for t in args.target.split(",")]
 
     print(machine_line())
@@ -151,7 +156,7 @@ def main() -> None:
     tables = {}
     for target in targets:
         t = time.perf_counter()
-        tables[str(target)] = lut.get_or_build_table(
+        tables[str(target)] = get_or_build_table(
             method, supernet, target, input_size=args.input_size, grid=grid, progress=progress,
             rebuild=args.rebuild and not args.replay,
             log=lambda m: print(f"# {m}", file=sys.stderr))
@@ -169,10 +174,10 @@ def measure_all(args, method, supernet, targets, progress):
     {target: p50 ms of the same list}, {target: median round spread})."""
     widths = (args.min_width, 1.0)
     t0 = time.perf_counter()
-    test = lut.sample_subnets(method, supernet, args.samples, seed=args.seed, widths=widths,
-                              progress=progress, desc="test subnets")
-    cal = lut.sample_subnets(method, supernet, args.calibration, seed=args.seed + 10_000,
-                             widths=widths, progress=progress, desc="calibration subnets")
+    test = sample_subnets(method, supernet, args.samples, seed=args.seed, widths=widths,
+                          progress=progress, desc="test subnets")
+    cal = sample_subnets(method, supernet, args.calibration, seed=args.seed + 10_000,
+                         widths=widths, progress=progress, desc="calibration subnets")
     seen = {json.dumps(s.spec, sort_keys=True) for s in cal}
     test = [s for s in test if json.dumps(s.spec, sort_keys=True) not in seen]
     largest = materialize(method.largest(supernet))
@@ -194,7 +199,7 @@ def measure_all(args, method, supernet, targets, progress):
             folder = Path(tmp) / f"n{i:04d}"
             if args.fast_export:
                 for target in targets:
-                    runners[str(target)].append(lut.RunnerFactory(
+                    runners[str(target)].append(RunnerFactory(
                         target, folder / target.runtime, fast_export=True)(net, x))
             else:
                 ctx = ExportContext(folder, x, targets[0], {})
@@ -206,11 +211,11 @@ def measure_all(args, method, supernet, targets, progress):
         if bar:
             bar.close()
         export_s = time.perf_counter() - t
-        proto = lut.TableProtocol(warmup=10, rounds=args.rounds, calls=args.calls)
+        proto = TableProtocol(warmup=10, rounds=args.rounds, calls=args.calls)
         measured = {}
         for target in targets:
-            tm = lut.time_interleaved(runners[str(target)], [x.numpy()] * len(nets), proto,
-                                      progress=progress, desc=f"time {target.runtime}")
+            tm = time_interleaved(runners[str(target)], [x.numpy()] * len(nets), proto,
+                                  progress=progress, desc=f"time {target.runtime}")
             measured[str(target)] = tm
     load1 = os.getloadavg()[0]
     how = "legacy ONNX" if args.fast_export else "registered exporters: " + ", ".join(names)
@@ -242,9 +247,9 @@ def evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, sprea
         fit_points = [(macs[i], layers[i], ms[i]) for i in range(2 + n_cal)]
         fit2 = FlopsProxy([(m, t) for m, _, t in fit_points])
         fit3 = FlopsProxy(fit_points)
-        calibrated = lut.CalibratedLUT.from_measurements(
+        calibrated = CalibratedLUT.from_measurements(
             table, cal_specs, ms[2:2 + n_cal], info={"seed": args.seed + 10_000, "target": key})
-        plain = lut.LUTModel(table)
+        plain = LUTModel(table)
         test_ms = ms[2 + n_cal:]
         preds = {
             "flops": [flops.a + flops.b * m for m in macs[2 + n_cal:]],

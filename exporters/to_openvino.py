@@ -36,7 +36,8 @@ HINT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 class OpenVINOExporter(Exporter):
     name = "openvino"
-    runtime = "openvino"
+    runtimes = {"openvino": ("cpu",)}
+    precisions = {"openvino": ("fp32", "fp16", "int8")}
     needs = ("onnx",)
     parity_atol = 1e-4
     description = "OpenVINO IR (fp32 weights, static deployed shape) from the ONNX file; CPU, f32"

@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .architecture import Architecture
+from .env import umask
+from .env import write_atomic, write_json_atomic  # noqa: F401  (imported from here by exporters)
 from .errors import BundleError, UsageError
 from .netspec import GraphNet, SpecError, build_network, check_against_safetensors
 
@@ -58,67 +60,6 @@ def _pause(step: str) -> None:
     if marker:
         Path(marker).write_text(str(os.getpid()))
     time.sleep(600)
-
-
-# --------------------------------------------------------------------------------------------
-# writing files
-
-
-def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
-    """``path`` written whole or not at all: a temporary file with a unique name beside it (a
-    fixed name could be planted as a symlink), fsync'ed, renamed over ``path``. A symlink at
-    ``path`` is refused, never written through. An update keeps the file's mode."""
-    path = Path(path)
-    if path.is_symlink():
-        raise BundleError(f"{path} is a symlink; refusing to write through it")
-    if isinstance(data, str):
-        data = data.encode()
-    if mode is None:
-        try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    # read, not set-and-restore: os.umask() would change it for every thread meanwhile
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +342,7 @@ def staged_bundle(out: Path, overwrite: bool, lock: OutLock | None = None) -> It
             yield tmp
             _pause("staged")
             check_out_dir(out, overwrite)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 is for staging only
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0o700 is for staging only
             _commit(tmp, out)
         finally:
             _remove(tmp)  # after an exchange: the previous bundle

@@ -324,7 +324,7 @@ def lut_group():
 @handled
 def lut_build_cmd(space, target, input_size, threads, batch, out, quiet):
     """Measure every distinct op signature of SPACE on TARGET, at a grid of widths."""
-    from .lut import build_table_cli
+    from .latency.make import build_table_cli
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
     path = build_table_cli(space, target, input_size, out, _progress_factory(quiet),

@@ -1,10 +1,12 @@
-"""``nas2deploy build-engine``: build a bundle's TensorRT engine on the machine it runs on.
+"""``nas2deploy build-engine``: finish a bundle's artifact on the machine that runs it.
 
-An engine only runs on the GPU model and TensorRT version that built it, so the bundle carries the
-ONNX file and a checked build script, and the engine is built on the device. The exporter that
-serves the ``tensorrt`` runtime (found through the registry, like every exporter) does the build
-through its ``build_engine(bundle_dir, artifact, precision=..., method=...)``; this module reads
-the manifest, calls it, and writes the manifest back with the new engine recorded and hashed.
+Some formats can only be finished on the device: a TensorRT engine only runs on the GPU model and
+TensorRT version that built it, so the bundle carries the ONNX file and a checked build script,
+and the engine is built there. The exporter of such a format (found through the registry, like
+every exporter) says so by implementing ``build_engine(bundle_dir, artifact, precision=...,
+method=...)`` and declaring which files that build reads and writes; this module reads the
+manifest, checks what the build will read, calls it, and writes the manifest back with the new
+files recorded and hashed.
 
 Also here: what can be read about the GPU (name, compute capability, clocks) for the records.
 """
@@ -21,9 +23,8 @@ from typing import Any, Callable
 from . import registry
 from .bundle import (MANIFEST, bundle_file, locked_bundle, read_manifest, sha256, verify_files,
                      write_json_atomic)
-from .errors import BundleError, UsageError
+from .errors import BundleError, UnavailableError, UsageError
 from .exporter import Artifact
-from .runtime import exporter_for_runtime
 
 # Jetson boards expose the integrated GPU's clock through devfreq, not nvidia-smi
 _JETSON_GPU_DEVFREQ = ("gpu", "gv11b", "ga10b", "gp10b", "gb10b")
@@ -102,29 +103,39 @@ def build_engine(bundle: str | Path, *, precision: str | None = None, trtexec: b
         return _build_engine(root, precision, trtexec, log)
 
 
+def _device_builders() -> list[str]:
+    """Registered exporters whose artifact is built on the device (they have ``build_engine``)."""
+    return [e.name for e in registry.exporters.entries()
+            if e.obj is not None and callable(getattr(e.obj, "build_engine", None))]
+
+
 def _build_engine(root: Path, precision: str | None, trtexec: bool,
                   log: Callable[[str], None]) -> dict[str, Any]:
     manifest = read_manifest(root, check_hashes=False)
-    name = exporter_for_runtime("tensorrt")
-    entry = manifest.get("artifacts", {}).get(name)
+    builders = _device_builders()
+    if not builders:
+        raise UnavailableError(f"no installed exporter builds on the device; installed exporters: "
+                               f"{', '.join(registry.exporters.names()) or 'none'}")
+    artifacts = manifest.get("artifacts", {})
+    name = next((n for n in builders if n in artifacts), builders[0])
+    cls = registry.exporters.get(name)
+    entry = artifacts.get(name)
     if entry is None:
-        raise UsageError(f"{root} has no {name} artifact; export with --export onnx,{name} "
-                         f"(the bundle then carries the ONNX file and the engine-build script)")
-    # every file is verified but the engine, which this rebuilds (it may be missing, or one
-    # built by hand); the ONNX files the build reads must be files the manifest hashes
+        chain = ",".join((*cls.needs, name))
+        raise UsageError(f"{root} has no {name} artifact; export with --export {chain} "
+                         f"(the bundle then carries what the build on the device reads)")
+    # every file is verified but those the build writes (they may be missing, or built by
+    # hand); the files the build reads must be files the manifest hashes
     verify_files(root, manifest, skip=[rel for key, rel in entry["files"].items()
-                                       if key == "engine"])
+                                       if key in cls.device_build_writes])
     info = entry.get("info")
     if not isinstance(info, dict):
         raise BundleError(f"{root / MANIFEST} has a malformed {name} artifact (no info)")
-    for key in ("onnx", "onnx_fp32", "onnx_qdq"):
+    for key in cls.device_build_reads:
         rel = info.get(key)
         if rel is not None and rel not in manifest["hashes"]:
             raise BundleError(f"{root / MANIFEST} names {rel} as the {name} artifact's {key} "
                               f"but records no hash for it")
-    cls = registry.exporters.get(name)
-    if not hasattr(cls, "build_engine"):
-        raise UsageError(f"exporter {name!r} cannot build engines on the device")
     artifact = Artifact(name, dict(entry["files"]), dict(info))
     method = "trtexec" if trtexec else "auto"
     built: Artifact = cls().build_engine(root, artifact, precision=precision, method=method,

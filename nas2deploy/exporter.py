@@ -3,6 +3,12 @@
 An exporter writes its files into the bundle directory it is given, reloads them in its runtime,
 and hands back a ``Runner`` (numpy in, numpy out) that both parity checks and latency
 measurement use, so the artifact that is verified is the artifact that is timed.
+
+Each exporter also declares what runs its files (``RuntimeDeclaration``): the runtimes and
+devices, the precisions each runtime executes and why others are refused, the channel counts
+the runtime runs best. Targets are parsed against these declarations (``nas2deploy.target``), so a
+new runtime arrives with its exporter and core names none. Eager ``torch`` runs the PyTorch model
+itself and has no exporter; ``EagerTorch`` below declares it.
 """
 
 from __future__ import annotations
@@ -10,14 +16,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ParityError, ShapeError
-from .target import Target
+
+if TYPE_CHECKING:  # only annotations: target.py parses targets against the declarations here
+    from .target import Target
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -52,22 +60,44 @@ class ExportContext:
     probe: bool = False
 
 
-class Exporter(ABC):
+class RuntimeDeclaration:
+    """What runs a format: the ``Target`` runtimes, devices and precisions it accepts.
+
+    ``runtimes`` maps each runtime to its devices (the first is the default where a target names
+    none); ``precisions`` maps a runtime to what it executes (fp32 where a runtime is not listed),
+    each one of ``nas2deploy.target.PRECISIONS``; ``why_not`` says, per (runtime, precision),
+    why a precision is refused where the list of supported ones would not tell a user enough.
+    """
+
     name: ClassVar[str]
-    runtime: ClassVar[str | None] = None  # the Target runtime this format serves
-    needs: ClassVar[tuple[str, ...]] = ()  # formats that must be exported first
-    parity_atol: ClassVar[float] = 1e-4
-    description: ClassVar[str] = ""
+    runtimes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    precisions: ClassVar[dict[str, tuple[str, ...]]] = {}
+    why_not: ClassVar[dict[tuple[str, str], str]] = {}
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """None when this exporter can run here, else one line saying what is missing."""
-        return None
+    def supported_precisions(cls, runtime: str) -> tuple[str, ...]:
+        return tuple(cls.precisions.get(runtime, ("fp32",)))
+
+    @classmethod
+    def refusal(cls, runtime: str, precision: str) -> str:
+        """Why ``runtime`` does not run ``precision``, in a clause."""
+        return cls.why_not.get((runtime, precision),
+                               f"{runtime} supports {', '.join(cls.supported_precisions(runtime))}")
+
+    @classmethod
+    def channel_multiple(cls, target: Target) -> int:
+        """Channel counts width scaling rounds down to for ``target`` (1: any runs as well)."""
+        return 1
 
     @classmethod
     def versions(cls) -> dict[str, str]:
         """Versions of the libraries this exporter uses, for the manifest."""
         return {}
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this exporter can run here, else one line saying what is missing."""
+        return None
 
     @classmethod
     def not_runnable_reason(cls) -> str | None:
@@ -76,6 +106,43 @@ class Exporter(ABC):
         a Jetson) says so, and search-and-export then steers by a latency table measured on that
         device and leaves the verdict to ``nas2deploy measure`` there."""
         return None
+
+
+class EagerTorch(RuntimeDeclaration):
+    """The eager ``torch`` runtime: the PyTorch model run as it is (``torch_runner``), a
+    reference rather than a deployment, so nothing is exported for it."""
+
+    name = "torch"
+    runtimes = {"torch": ("cpu", "cuda")}
+    precisions = {"torch": ("fp32",)}
+    why_not = {("torch", "fp16"): "eager torch is a reference runtime here, fp32 only",
+               ("torch", "int8"): "eager torch is a reference runtime here, fp32 only"}
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+
+class Exporter(RuntimeDeclaration, ABC):
+    """One deployment format.
+
+    A format finished on the device that runs it (an engine that only that GPU can build) also
+    implements ``build_engine(bundle_dir, artifact, *, precision, method, log) -> Artifact``,
+    which ``nas2deploy build-engine`` calls there; its ``device_build_writes`` names the artifact
+    files that build writes and ``device_build_reads`` the info keys naming the files it reads.
+    """
+
+    runtime: ClassVar[str | None] = None  # the Target runtime this format serves: runtimes' first
+    needs: ClassVar[tuple[str, ...]] = ()  # formats that must be exported first
+    parity_atol: ClassVar[float] = 1e-4
+    description: ClassVar[str] = ""
+    device_build_writes: ClassVar[tuple[str, ...]] = ()
+    device_build_reads: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "runtimes" in cls.__dict__ and "runtime" not in cls.__dict__:
+            cls.runtime = next(iter(cls.runtimes), None)
 
     @abstractmethod
     def export(self, model: nn.Module, ctx: ExportContext) -> Artifact:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, load_bundle, locked_bundle, read_manifest, write_json_atomic
+from .bundle import MANIFEST, load_bundle, locked_bundle, read_manifest
+from .env import cpu_name, utc_now, write_json_atomic
 from .errors import BundleError, UsageError
 from .exporter import Artifact
 from .latency import measure_instances
-from .runtime import artifact_loader, cpu_name, exporter_for_runtime, random_input
-from .target import SUPPORTED_PRECISIONS, Target
+from .runtime import artifact_loader, exporter_for_runtime, random_input
+from .target import Target, supported_precisions
 
 
 def measure_bundle(bundle: str | Path, *, target: str | None = None, threads: int | None = None,
@@ -47,14 +47,14 @@ def _measure(root: Path, target: str | None, threads: int | None,
     if target and target.count(":") < 2:  # no precision given: the one the bundle deploys
         built = artifacts[exporter].info.get("precision") if exporter in artifacts else None
         precision = built or (t["precision"] if t["precision"] in
-                              SUPPORTED_PRECISIONS[tgt.runtime] else "fp32")
+                              supported_precisions(tgt.runtime) else "fp32")
         tgt = replace(tgt, precision=precision)
     model = load_bundle(root) if exporter is None else None
     load = artifact_loader(model, tgt, root, artifacts)
     run = load()  # fails here, before any timing, if the artifact cannot be loaded
     x = random_input((tgt.batch, *shape[1:]))
     rep = measure_instances(load, x, batch=tgt.batch, threads=tgt.threads)
-    rec = {"when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    rec = {"when": utc_now(),
            "target": str(tgt), "threads": tgt.threads, "batch": tgt.batch, "cpu": cpu_name(),
            "p50_ms": rep.p50_ms, "p90_ms": rep.p90_ms, "runs": rep.runs, "protocol": rep.protocol,
            "p50_per_load_ms": rep.instance_p50_ms,

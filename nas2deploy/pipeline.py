@@ -23,20 +23,23 @@ import torch
 from . import __version__, registry
 from .architecture import Architecture
 from .bundle import (FORMAT, FORMAT_VERSION, MANIFEST, OutLock, claim_out, save_weights, sha256,
-                     staged_bundle, write_json_atomic)
+                     staged_bundle)
 from .config import RunConfig
 from .counting import count_layers, count_macs, count_params
 from .data import Dataset, check_dataset, load_dataset
+from .env import environment, null_progress, write_json_atomic
 from .errors import PrecisionError, UsageError
 from .exporter import ExportContext, verify_parity
 from .latency import LatencyReport, measure_instances, secant
+from .latency.collect import check_precision
+from .latency.make import make_latency_model
 from .materialize import materialize, scale_width
 from .method import SearchContext, SearchData, SearchMethod, TaskSpec
 from .netspec import GraphNet
-from .runtime import (SideBySide, SideTiming, artifact_loader, check_target_device, environment,
+from .runtime import (SideBySide, SideTiming, artifact_loader, check_target_device,
                       exporter_for_runtime, export_chain, measure_model, random_input,
                       resolve_chain)
-from .target import Target
+from .target import Target, channel_multiple
 from .train import accuracy, predict, reinitialize, train
 
 # Aim a little under the budget: the estimate proposes, measurement on a shared CPU disposes.
@@ -52,23 +55,6 @@ FINAL_ATTEMPTS = 3
 RESIZE_BAND = 0.03
 # Seconds of timed calls per network in the bundle's side-by-side verdict (the rounds use 1.5 s).
 VERDICT_SECONDS = 3.0
-
-
-def channel_multiple(target: Target) -> int:
-    """Channel counts that width scaling rounds down to.
-
-    onnxruntime's CPU convolutions run in a blocked layout (NCHWc) whose block is 16 channels
-    with AVX-512 and 8 without; other channel counts are padded and reordered around. Measured on
-    an AVX-512 Xeon, a DSO-NAS net thinned to x0.75 ran 0.160 ms with multiples of 8 and 0.128 ms
-    with multiples of 16 (0.145 ms unthinned), so a thinner net was slower unless it kept the
-    block. OpenVINO and eager torch showed no such cliff."""
-    if target.runtime != "onnxruntime":
-        return 1
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 8
-    return 16 if " avx512f" in flags else 8
 
 
 @dataclass
@@ -116,8 +102,6 @@ def plan(cfg: RunConfig) -> Plan:
                          f"the target, and latency tables are fp32/fp16 only; run the search on "
                          f"the device")
     if cfg.latency_model != "flops":
-        from .lut import check_precision
-
         check_precision(target)
     if remote is not None:
         if cfg.lut is None or cfg.latency_model != "lut":
@@ -134,16 +118,6 @@ def plan(cfg: RunConfig) -> Plan:
     # last: whatever fails after the lock is taken must release it
     lock = claim_out(out, cfg.overwrite)
     return Plan(cfg, target, method, exports, out, remote, lock)
-
-
-class _Quiet:
-    def update(self, n=1): ...
-    def set_postfix(self, **kw): ...
-    def close(self): ...
-
-
-def _null_progress(total=None, desc=None):
-    return _Quiet()
 
 
 def _split_for_search(ds: Dataset, seed: int) -> SearchData:
@@ -189,7 +163,7 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
 
 def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
                        progress: Callable[..., Any] | None) -> Result:
-    progress = progress or _null_progress
+    progress = progress or null_progress
     target, method = p.target, p.method
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -214,8 +188,6 @@ def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
 
     # Budget reference: the largest and the smallest subnet, measured on the target itself (or,
     # for a target this machine cannot run, predicted by the table measured on the device).
-    from .lut import make_latency_model
-
     t = time.perf_counter()
     largest = materialize(method.largest(supernet))
     smallest = scaled(materialize(method.smallest(supernet)), cfg.min_width)

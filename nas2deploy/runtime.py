@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,17 +15,18 @@ from torch import nn
 from . import registry
 from .bundle import scratch_prefix
 from .errors import UnavailableError, UsageError
-from .exporter import Artifact, ExportContext, Exporter, Runner, torch_runner
-from .latency import INSTANCES, LatencyReport, Protocol, measure_instances
+from .exporter import Artifact, EagerTorch, ExportContext, Exporter, Runner, torch_runner
+from .latency.measure import (INSTANCES, LatencyReport, Protocol, TableProtocol,
+                              measure_instances, time_interleaved)
 from .target import Target
 
 
 def exporter_for_runtime(runtime: str) -> str | None:
     """Name of the registered exporter that serves ``runtime`` (None for eager torch)."""
-    if runtime == "torch":
+    if runtime in EagerTorch.runtimes:
         return None
     for entry in registry.exporters.entries():
-        if entry.obj is not None and getattr(entry.obj, "runtime", None) == runtime:
+        if entry.obj is not None and runtime in getattr(entry.obj, "runtimes", {}):
             return entry.name
     raise UnavailableError(f"no installed exporter serves runtime {runtime!r}; installed exporters: "
                            f"{', '.join(registry.exporters.names()) or 'none'}")
@@ -169,8 +168,6 @@ class SideBySide:
 
     def time(self, load: Loader, seconds: float | None = None) -> SideTiming:
         """Time the network ``load()`` loads beside the reference."""
-        from .lut import TableProtocol, time_interleaved
-
         if self._load_ref is None:
             raise RuntimeError("SideBySide is closed")
         share = (self.seconds if seconds is None else seconds) / self.instances
@@ -205,38 +202,6 @@ class SideBySide:
     def close(self) -> None:
         self._load_ref = None
         self._dir.cleanup()
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, Any]:
-    import os
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-    }
-    for dist in ("nas2deploy", "torch", "torch-pruning", "onnx", "onnxscript", "onnxruntime",
-                 "openvino", "numpy", "safetensors"):
-        env[dist.replace("-", "_")] = _version(dist)
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
 
 
 def random_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -1,32 +1,57 @@
-"""Target: where a model runs. Plain data, parsed from ``runtime:device[:precision]``."""
+"""Target: where a model runs. Plain data, parsed from ``runtime:device[:precision]``.
+
+The runtimes, their devices and the precisions each runs are not listed here: every registered
+exporter declares the runtime(s) it serves (``nas2deploy.exporter.RuntimeDeclaration``), eager
+torch is declared beside the Exporter contract, and a target is parsed against those.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from . import registry
 from .config import MAX_BATCH, MAX_THREADS
 from .errors import UsageError
+from .exporter import EagerTorch, RuntimeDeclaration
 
-RUNTIMES = {
-    "torch": ("cpu", "cuda"),
-    "onnxruntime": ("cpu",),
-    "openvino": ("cpu",),
-    "tensorrt": ("cuda",),
-}
+# The words a target may use for a precision; which of them a runtime runs, it declares.
+# int8 is always explicit quantization (a Q/DQ ONNX model).
 PRECISIONS = ("fp32", "fp16", "int8")
-# What each runtime can execute; int8 is always explicit quantization (a Q/DQ ONNX model).
-SUPPORTED_PRECISIONS = {
-    "torch": ("fp32",),
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
-    "tensorrt": ("fp32", "fp16", "int8"),
-}
-_WHY_NOT = {
-    ("onnxruntime", "fp16"): "onnxruntime's CPU provider has no fp16 convolution kernels (it would "
-                             "cast around every op); use onnxruntime:cpu:int8 or openvino:cpu:fp16",
-    ("torch", "fp16"): "eager torch is a reference runtime here, fp32 only",
-    ("torch", "int8"): "eager torch is a reference runtime here, fp32 only",
-}
+
+
+def declarations() -> list[type[RuntimeDeclaration]]:
+    """Eager torch, then every registered exporter that loads, by name: the order in which a
+    runtime declared twice goes to its first declarer, here and in ``exporter_for_runtime``."""
+    return [EagerTorch] + [e.obj for e in registry.exporters.entries()
+                           if isinstance(e.obj, type) and issubclass(e.obj, RuntimeDeclaration)]
+
+
+def runtimes() -> dict[str, tuple[str, ...]]:
+    """Every declared runtime and its devices (the default device first)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for decl in declarations():
+        for runtime, devices in decl.runtimes.items():
+            found.setdefault(runtime, tuple(devices))
+    return found
+
+
+def declaration(runtime: str) -> type[RuntimeDeclaration]:
+    """What declares ``runtime``; UsageError naming the declared runtimes if nothing does."""
+    for decl in declarations():
+        if runtime in decl.runtimes:
+            return decl
+    raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(runtimes())}")
+
+
+def supported_precisions(runtime: str) -> tuple[str, ...]:
+    return declaration(runtime).supported_precisions(runtime)
+
+
+def channel_multiple(target: Target) -> int:
+    """Channel counts width scaling rounds down to for ``target``, as its runtime declares."""
+    if target.runtime not in runtimes():
+        return 1
+    return int(declaration(target.runtime).channel_multiple(target))
 
 
 @dataclass(frozen=True)
@@ -44,20 +69,21 @@ class Target:
             raise UsageError(f"malformed target {text!r}; expected RUNTIME:DEVICE[:PRECISION], "
                              f"e.g. openvino:cpu or onnxruntime:cpu:fp32")
         runtime = parts[0]
-        if runtime not in RUNTIMES:
+        known = runtimes()
+        if runtime not in known:
             raise UsageError(f"unknown runtime {runtime!r} in target {text!r}; choose one of "
-                             f"{', '.join(RUNTIMES)}")
-        device = parts[1] if len(parts) > 1 else RUNTIMES[runtime][0]
-        if device not in RUNTIMES[runtime]:
+                             f"{', '.join(known)}")
+        decl = declaration(runtime)
+        device = parts[1] if len(parts) > 1 else known[runtime][0]
+        if device not in known[runtime]:
             raise UsageError(f"runtime {runtime} has no device {device!r}; choose one of "
-                             f"{', '.join(RUNTIMES[runtime])}")
+                             f"{', '.join(known[runtime])}")
         precision = parts[2] if len(parts) > 2 else "fp32"
         if precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if precision not in SUPPORTED_PRECISIONS[runtime]:
-            why = _WHY_NOT.get((runtime, precision), f"{runtime} supports "
-                               f"{', '.join(SUPPORTED_PRECISIONS[runtime])}")
-            raise UsageError(f"target {runtime}:{device}:{precision} is not supported: {why}")
+        if precision not in decl.supported_precisions(runtime):
+            raise UsageError(f"target {runtime}:{device}:{precision} is not supported: "
+                             f"{decl.refusal(runtime, precision)}")
         # every way in (options, `lut build`, a bundle's manifest) meets the same bounds
         if not 1 <= batch <= MAX_BATCH:
             raise UsageError(f"batch must be in 1..{MAX_BATCH}, not {batch}")

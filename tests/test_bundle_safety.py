@@ -31,7 +31,7 @@ TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs =
         '[method-options]\nsamples = 1\nlayers = 2\nwidth = 8\n')
 
 # Stages a copy of SRC as a bundle at OUT (its manifest marked "new"), optionally making a
-# scratch folder first as runtime.py and lut.py do; the test kills it where it pauses.
+# scratch folder first as runtime.py and latency/collect.py do; the test kills it where it pauses.
 DRIVER = r"""
 import json, shutil, sys, tempfile
 from pathlib import Path
@@ -516,7 +516,7 @@ def test_build_engine_refuses_an_edited_script_before_anything_runs(bundle, tmp_
 
 
 def test_the_script_check_compares_with_the_regenerated_script(bundle):
-    from nas2deploy_exporters import to_tensorrt as trt
+    from nas2deploy_exporters import tensorrt as trt
 
     info = read_manifest(bundle)["artifacts"]["tensorrt"]["info"]
     plan, _ = trt.make_plan(bundle, info["onnx"], info["precision"], info["profile"]["opt"][0])

@@ -26,7 +26,7 @@ from nas2deploy.errors import ExportError, ParityError, ShapeError
 from nas2deploy.exporter import Artifact, ExportContext, verify_parity
 from nas2deploy.netspec import build_network
 from nas2deploy.registry import exporters as exporter_registry
-from nas2deploy.target import RUNTIMES, Target
+from nas2deploy.target import Target, runtimes
 from nas2deploy_exporters._common import import_openvino
 from nas2deploy_exporters.to_onnx import OnnxExporter
 from nas2deploy_exporters.to_openvino import OpenVINOExporter
@@ -404,7 +404,7 @@ def _entry_params():
 
 
 def _target_for(runtime: str | None, batch: int) -> Target:
-    if runtime in RUNTIMES:
+    if runtime in runtimes():
         return Target.parse(runtime, batch=batch)
     return Target(runtime or "torch", batch=batch)
 

@@ -162,7 +162,7 @@ def test_flops_proxy_fits_a_cost_per_layer_from_three_anchors():
 
 
 def test_nonneg_least_squares_clamps_a_negative_intercept():
-    from nas2deploy.latency import _nonneg_lstsq
+    from nas2deploy.latency.model import _nonneg_lstsq
 
     x = np.array([1.0, 2.0, 3.0])
     a = np.stack([np.ones(3), x], axis=1)

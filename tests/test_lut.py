@@ -17,10 +17,20 @@ import numpy as np
 import pytest
 from torch import nn
 
-from nas2deploy import lut
 from nas2deploy.architecture import Architecture, fingerprint
+from nas2deploy.env import cache_root, runtime_version
 from nas2deploy.errors import UnavailableError, UsageError
-from nas2deploy.latency import FlopsProxy
+from nas2deploy.latency import FlopsProxy, TableProtocol, Timing
+from nas2deploy.latency import cache as lut_cache
+from nas2deploy.latency import calibrate as lut_calibrate
+from nas2deploy.latency import make as lut_make
+from nas2deploy.latency.cache import get_or_build_table, table_cache_path
+from nas2deploy.latency.calibrate import CalibratedLUT
+from nas2deploy.latency.collect import (build_table, check_target, collect_signatures,
+                                        measure_networks, sample_subnets)
+from nas2deploy.latency.grid import WidthGrid, network_signatures, op_spec
+from nas2deploy.latency.make import build_table_cli, make_latency_model
+from nas2deploy.latency.table import FORMAT, VERSION, LatencyTable, LUTModel
 from nas2deploy.method import SearchMethod, TaskSpec
 from nas2deploy.netspec import OpSignature
 from nas2deploy.target import Target
@@ -32,7 +42,7 @@ openvino_missing = OpenVINOExporter.unavailable_reason()
 needs_onnx = pytest.mark.skipif(bool(onnx_missing), reason=f"ONNX: {onnx_missing}")
 
 GRID = (0.5, 0.75, 1.0)  # coarse, to keep tests fast; the default is the dense grid
-FAST = lut.TableProtocol(warmup=5, rounds=5, calls=10)
+FAST = TableProtocol(warmup=5, rounds=5, calls=10)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +132,8 @@ def ort_table(tiny):
     if onnx_missing:
         pytest.skip(f"ONNX: {onnx_missing}")
     method, supernet = tiny
-    return lut.build_table(method, supernet, Target("onnxruntime"), input_size=16, grid=GRID,
-                           protocol=FAST)
+    return build_table(method, supernet, Target("onnxruntime"), input_size=16, grid=GRID,
+                       protocol=FAST)
 
 
 class Recorder:
@@ -164,11 +174,11 @@ def _expected_keys(method, supernet, grid) -> set[str]:
         net = materialize(arch)
         for m in grid:
             scaled = net if m == 1.0 else scale_width(net, m)
-            keys |= {s.key() for s in lut.network_signatures(scaled.spec()).values()}
+            keys |= {s.key() for s in network_signatures(scaled.spec()).values()}
     return keys
 
 
-def _check_table(table: lut.LatencyTable, method, supernet, target: Target):
+def _check_table(table: LatencyTable, method, supernet, target: Target):
     want = _expected_keys(method, supernet, GRID)
     assert want <= set(table.entries)  # every signature of every scaled candidate, by key
     assert any(e["sig"]["type"] == "sum" for e in table.entries.values())  # twin of each wsum
@@ -192,7 +202,7 @@ def test_build_table_onnxruntime(tiny, ort_table):
     method, supernet = tiny
     _check_table(ort_table, method, supernet, Target("onnxruntime"))
     assert "TorchScript" in ort_table.meta["export"]
-    assert ort_table.meta["runtime_version"] == lut.runtime_version("onnxruntime")
+    assert ort_table.meta["runtime_version"] == runtime_version("onnxruntime")
 
 
 @pytest.mark.openvino
@@ -201,8 +211,8 @@ def test_build_table_openvino(tiny):
     method, supernet = tiny
     target = Target("openvino")
     rec = Recorder()
-    table = lut.build_table(method, supernet, target, input_size=16, grid=GRID, protocol=FAST,
-                            progress=rec)
+    table = build_table(method, supernet, target, input_size=16, grid=GRID, protocol=FAST,
+                        progress=rec)
     _check_table(table, method, supernet, target)
     assert "exporter 'openvino'" in table.meta["export"]
     measured = [bar for desc, total, bar in rec.bars if desc.startswith("measure ops")]
@@ -212,12 +222,12 @@ def test_build_table_openvino(tiny):
 def test_progress_and_collect_dense_grid(tiny):
     method, supernet = tiny
     rec = Recorder()
-    grid = lut.WidthGrid(min_width=0.5)
-    sigs = lut.collect_signatures(method, supernet, grid, progress=rec)
+    grid = WidthGrid(min_width=0.5)
+    sigs = collect_signatures(method, supernet, grid, progress=rec)
     dense = grid.resolve(method.candidate_networks(supernet))
     # widest prunable channel count is the mbconv's mid (16): multipliers k/16 for k = 8..16
     assert dense == tuple(round(k / 16, 6) for k in range(8, 17))
-    assert lut.WidthGrid().resolve(method.candidate_networks(supernet))[0] == 0.25
+    assert WidthGrid().resolve(method.candidate_networks(supernet))[0] == 0.25
     # sums only at the dense points nearest the coarse grid (0.5, 0.625, ..., 1.0)
     assert grid.sum_points(dense) == {0.5, 0.625, 0.75, 0.875, 1.0}
     wsum_ch = {s.c_in for s in sigs.values() if s.type == "wsum"}
@@ -229,7 +239,7 @@ def test_progress_and_collect_dense_grid(tiny):
 
 def test_tensorrt_is_refused_clearly():
     with pytest.raises(UnavailableError, match="TensorRT"):
-        lut.check_target(Target("tensorrt", "cuda"))
+        check_target(Target("tensorrt", "cuda"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,18 +250,18 @@ def test_tensorrt_is_refused_clearly():
 def test_json_round_trip(tiny, ort_table, tmp_path):
     method, supernet = tiny
     path = ort_table.save(tmp_path / "t.json")
-    back = lut.LatencyTable.load(path, space_fingerprint=method.space(supernet)["fingerprint"],
-                                 target=Target("onnxruntime"))
+    back = LatencyTable.load(path, space_fingerprint=method.space(supernet)["fingerprint"],
+                             target=Target("onnxruntime"))
     assert back.entries == ort_table.entries and back.meta == ort_table.meta
     spec = method.sample(supernet, random.Random(3)).network
-    assert lut.LUTModel(back).predict(spec) == lut.LUTModel(ort_table).predict(spec)
+    assert LUTModel(back).predict(spec) == LUTModel(ort_table).predict(spec)
 
 
 @needs_onnx
 def test_refuses_other_space(ort_table, tmp_path):
     path = ort_table.save(tmp_path / "t.json")
     with pytest.raises(UsageError, match="fingerprint") as exc:
-        lut.LatencyTable.load(path, space_fingerprint="0123456789abcdef")
+        LatencyTable.load(path, space_fingerprint="0123456789abcdef")
     assert "\n" not in str(exc.value)
 
 
@@ -261,7 +271,7 @@ def test_refuses_other_space(ort_table, tmp_path):
 def test_refuses_other_target(ort_table, tmp_path, target):
     path = ort_table.save(tmp_path / "t.json")
     with pytest.raises(UsageError, match="measured for target") as exc:
-        lut.LatencyTable.load(path, target=target)
+        LatencyTable.load(path, target=target)
     assert "\n" not in str(exc.value)
 
 
@@ -279,16 +289,16 @@ def test_corrupt_table_is_a_usage_error(ort_table, tmp_path, damage, match):
     path = tmp_path / "t.json"
     path.write_text(damage(ort_table.to_json()))
     with pytest.raises(UsageError, match=match) as exc:
-        lut.LatencyTable.load(path)
+        LatencyTable.load(path)
     assert "\n" not in str(exc.value)
 
 
 def test_unreadable_table_is_a_usage_error(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UsageError, match="not text|not valid JSON"):
-        lut.LatencyTable.load(tmp_path / "bin.json")
+        LatencyTable.load(tmp_path / "bin.json")
     with pytest.raises(UsageError, match="cannot read"):
-        lut.LatencyTable.load(tmp_path / "missing.json")
+        LatencyTable.load(tmp_path / "missing.json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,12 +309,12 @@ def _entry(sig: OpSignature, ms: float) -> tuple[str, dict]:
     return sig.key(), {"ms": ms, "p50_ms": ms, "p90_ms": ms, "runs": 1, "sig": sig.to_dict()}
 
 
-def _synthetic(entries: list[tuple[OpSignature, float]]) -> lut.LatencyTable:
+def _synthetic(entries: list[tuple[OpSignature, float]]) -> LatencyTable:
     meta = {"space": {"name": "x", "fingerprint": "f"}, "overhead_ms": 0.01,
             "target": {"runtime": "onnxruntime", "device": "cpu", "precision": "fp32",
                        "batch": 1, "threads": 1}}
-    return lut.LatencyTable.from_dict({"format": lut.FORMAT, "version": lut.VERSION, "meta": meta,
-                                       "entries": dict(_entry(s, v) for s, v in entries)})
+    return LatencyTable.from_dict({"format": FORMAT, "version": VERSION, "meta": meta,
+                                   "entries": dict(_entry(s, v) for s, v in entries)})
 
 
 def sep(c: int, k: int = 3) -> OpSignature:
@@ -351,9 +361,9 @@ def test_sums_interpolate_in_channels_then_inputs():
 
 def test_weighted_sums_are_their_own_type(tiny):
     method, supernet = tiny
-    sigs = lut.network_signatures(method.largest(supernet).network)
+    sigs = network_signatures(method.largest(supernet).network)
     assert sigs["add"].type == "wsum" and sigs["add"].mid == 2
-    spec = lut.op_spec(sigs["add"])
+    spec = op_spec(sigs["add"])
     coeffs = spec["nodes"][0]["coeffs"]
     assert len(set(coeffs)) == 2  # distinct: equal ones would be merged into one Mul
 
@@ -365,9 +375,9 @@ def test_weighted_sums_are_their_own_type(tiny):
 @needs_onnx
 def test_lut_model_sums_entries(tiny, ort_table):
     method, supernet = tiny
-    model = lut.LUTModel(ort_table)
+    model = LUTModel(ort_table)
     spec = method.largest(supernet).network
-    sigs = lut.network_signatures(spec)
+    sigs = network_signatures(spec)
     expected = ort_table.overhead_ms + sum(ort_table.ms(s) for s in sigs.values())
     assert model.predict(spec) == pytest.approx(expected)
     assert model.base_ms == ort_table.overhead_ms
@@ -387,15 +397,15 @@ def test_calibration_fit_recovers_a_linear_gap():
         specs.append({"input": {"channels": 8, "size": [8, 8]}, "num_classes": 8,
                       "nodes": nodes, "output": f"s{n - 1}"})
         truth.append(0.02 + 1.5 * (0.01 + 0.010 * n) + 0.001 * n)  # a + b·LUT + c·ops
-    model = lut.CalibratedLUT.from_measurements(table, specs, truth)
+    model = CalibratedLUT.from_measurements(table, specs, truth)
     assert model.fit["mape_pct"] < 1e-6
     for spec, y in zip(specs, truth):
         assert model.predict(spec) == pytest.approx(y)
-        sigs = lut.network_signatures(spec).values()
+        sigs = network_signatures(spec).values()
         assert model.base_ms + sum(model.op_cost(s) for s in sigs) == pytest.approx(y)
     assert set(model.describe()["fit"]) >= {"coefficients", "residuals_pct", "loo_mape_pct", "n"}
     with pytest.raises(UsageError, match="at least"):
-        lut.CalibratedLUT.from_measurements(table, specs[:2], truth[:2])
+        CalibratedLUT.from_measurements(table, specs[:2], truth[:2])
 
 
 def _held_out_errors(tiny, runtime: str, n: int = 24, n_cal: int = 10):
@@ -407,16 +417,16 @@ def _held_out_errors(tiny, runtime: str, n: int = 24, n_cal: int = 10):
     check that the measurements are taken and used correctly."""
     method, supernet = tiny
     target = Target(runtime)
-    table = lut.build_table(method, supernet, target, input_size=16,
-                            grid=lut.WidthGrid(min_width=0.5))
-    subs = lut.sample_subnets(method, supernet, n, seed=11, widths=(0.5, 1.0))
-    protocol = lut.TableProtocol(rounds=21, calls=30)
-    timings = lut.measure_networks([s.net for s in subs], target, (1, 1, 16, 16),
-                                   fast_export=True, protocol=protocol)
+    table = build_table(method, supernet, target, input_size=16,
+                        grid=WidthGrid(min_width=0.5))
+    subs = sample_subnets(method, supernet, n, seed=11, widths=(0.5, 1.0))
+    protocol = TableProtocol(rounds=21, calls=30)
+    timings = measure_networks([s.net for s in subs], target, (1, 1, 16, 16),
+                               fast_export=True, protocol=protocol)
     y = np.array([t.p50_ms for t in timings])
     specs = [s.spec for s in subs]
-    cal = lut.CalibratedLUT.from_measurements(table, specs[:n_cal], y[:n_cal])
-    plain = lut.LUTModel(table)
+    cal = CalibratedLUT.from_measurements(table, specs[:n_cal], y[:n_cal])
+    plain = LUTModel(table)
     e_plain = np.array([plain.predict(s) / m - 1 for s, m in zip(specs[n_cal:], y[n_cal:])])
     e_cal = np.array([cal.predict(s) / m - 1 for s, m in zip(specs[n_cal:], y[n_cal:])])
     return e_plain, e_cal, cal, timings, protocol
@@ -456,16 +466,16 @@ def test_calibration_fitted_to_measured_subnets_onnxruntime(tiny):
 
 def test_make_latency_model_kinds(tiny, tmp_path, monkeypatch):
     method, supernet = tiny
-    flops = lut.make_latency_model("flops", method=method, supernet=supernet,
-                                   target=Target("onnxruntime"), input_size=16,
-                                   anchors=[(1000, 0.01), (5000, 0.03)])
+    flops = make_latency_model("flops", method=method, supernet=supernet,
+                               target=Target("onnxruntime"), input_size=16,
+                               anchors=[(1000, 0.01), (5000, 0.03)])
     assert isinstance(flops, FlopsProxy)
     with pytest.raises(UsageError, match="anchors"):
-        lut.make_latency_model("flops", method=method, supernet=supernet,
-                               target=Target("onnxruntime"), input_size=16)
+        make_latency_model("flops", method=method, supernet=supernet,
+                           target=Target("onnxruntime"), input_size=16)
     with pytest.raises(UsageError, match="unknown latency model"):
-        lut.make_latency_model("magic", method=method, supernet=supernet,
-                               target=Target("onnxruntime"), input_size=16)
+        make_latency_model("magic", method=method, supernet=supernet,
+                           target=Target("onnxruntime"), input_size=16)
 
 
 @needs_onnx
@@ -474,31 +484,31 @@ def test_make_latency_model_calibrated_is_cached(tiny, ort_table, monkeypatch, t
     (1.3·LUT + 2 µs) so it runs in a second; the second call measures nothing."""
     method, supernet = tiny
     monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(lut, "get_or_build_table", lambda *a, **k: ort_table)
+    monkeypatch.setattr(lut_make, "get_or_build_table", lambda *a, **k: ort_table)
     measured = []
 
     def fake_measure(nets, target, shape, **kw):
         measured.append(len(nets))
-        plain = lut.LUTModel(ort_table)
-        return [lut.Timing(1.3 * plain.predict(n.spec()) + 0.002, 0.0, 1, 0.0) for n in nets]
+        plain = LUTModel(ort_table)
+        return [Timing(1.3 * plain.predict(n.spec()) + 0.002, 0.0, 1, 0.0) for n in nets]
 
-    monkeypatch.setattr(lut, "measure_networks", fake_measure)
+    monkeypatch.setattr(lut_calibrate, "measure_networks", fake_measure)
     kw = dict(method=method, supernet=supernet, target=Target("onnxruntime"), input_size=16,
               min_width=0.5, calibration_samples=8)
-    model = lut.make_latency_model("calibrated", **kw)
-    assert isinstance(model, lut.CalibratedLUT) and measured == [8]
+    model = make_latency_model("calibrated", **kw)
+    assert isinstance(model, CalibratedLUT) and measured == [8]
     assert model.fit["mape_pct"] < 1e-6
     spec = method.largest(supernet).network
-    assert model.predict(spec) == pytest.approx(1.3 * lut.LUTModel(ort_table).predict(spec) + 0.002)
-    again = lut.make_latency_model("calibrated", **kw)
+    assert model.predict(spec) == pytest.approx(1.3 * LUTModel(ort_table).predict(spec) + 0.002)
+    again = make_latency_model("calibrated", **kw)
     assert measured == [8] and again.fit == model.fit
-    assert isinstance(lut.make_latency_model("lut", **kw), lut.LUTModel)
+    assert isinstance(make_latency_model("lut", **kw), LUTModel)
 
 
 @needs_onnx
 def test_machine_differences(ort_table):
     assert ort_table.machine_differences(Target("onnxruntime")) == []
-    other = lut.LatencyTable(ort_table.entries, {**ort_table.meta, "cpu": "Some Other CPU"})
+    other = LatencyTable(ort_table.entries, {**ort_table.meta, "cpu": "Some Other CPU"})
     (diff,) = other.machine_differences(Target("onnxruntime"))
     assert diff.startswith("cpu:")
 
@@ -512,48 +522,48 @@ def test_cache_reuses_the_table(tiny, tmp_path, monkeypatch):
     method, supernet = tiny
     monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = lut.build_table
+    real = build_table
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **{**kwargs, "protocol": FAST})
 
-    monkeypatch.setattr(lut, "build_table", counting)
+    monkeypatch.setattr(lut_cache, "build_table", counting)
     target = Target("onnxruntime")
-    first = lut.get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
-    path = lut.table_cache_path(method.space(supernet), target, input_size=16, grid=GRID)
+    first = get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
+    path = table_cache_path(method.space(supernet), target, input_size=16, grid=GRID)
     assert path.is_file() and path.parent == tmp_path / "cache" / "luts"
-    second = lut.get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
+    second = get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
     assert len(calls) == 1
     assert second.entries == first.entries and second.meta == first.meta
     # another target is another cache entry; rebuild=True measures again
-    assert lut.table_cache_path(method.space(supernet), Target("openvino"), input_size=16,
-                                grid=GRID) != path
-    lut.get_or_build_table(method, supernet, target, input_size=16, grid=GRID, rebuild=True)
+    assert table_cache_path(method.space(supernet), Target("openvino"), input_size=16,
+                            grid=GRID) != path
+    get_or_build_table(method, supernet, target, input_size=16, grid=GRID, rebuild=True)
     assert len(calls) == 2
     # a corrupt cache file is measured again, not trusted and not fatal
     path.write_text("{ truncated")
-    lut.get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
+    get_or_build_table(method, supernet, target, input_size=16, grid=GRID)
     assert len(calls) == 3
 
 
 def test_cache_root_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NAS2DEPLOY_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert lut.cache_root() == tmp_path / "xdg" / "nas2deploy"
+    assert cache_root() == tmp_path / "xdg" / "nas2deploy"
     monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "mine"))
-    assert lut.cache_root() == tmp_path / "mine"
+    assert cache_root() == tmp_path / "mine"
 
 
 @needs_onnx
 def test_build_table_cli_with_a_registered_method(tmp_path, monkeypatch):
     monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "cache"))
     opts = {"levels": 1, "ops": ["sep3"], "stages": 1, "blocks_per_stage": 1, "base_width": 4}
-    out = lut.build_table_cli("dsonas", "onnxruntime:cpu", 8, tmp_path / "lut.json", None,
-                              method_options=opts, grid=(0.5, 1.0))
-    table = lut.LatencyTable.load(out, target=Target("onnxruntime"))
+    out = build_table_cli("dsonas", "onnxruntime:cpu", 8, tmp_path / "lut.json", None,
+                          method_options=opts, grid=(0.5, 1.0))
+    table = LatencyTable.load(out, target=Target("onnxruntime"))
     assert table.meta["space"]["name"] == "dsonas" and len(table) > 3
     with pytest.raises(UsageError, match="unknown method"):
-        lut.build_table_cli("nope", "onnxruntime:cpu", 8, None, None)
+        build_table_cli("nope", "onnxruntime:cpu", 8, None, None)
     with pytest.raises(UsageError, match="input-size"):
-        lut.build_table_cli("dsonas", "onnxruntime:cpu", 4, None, None)
+        build_table_cli("dsonas", "onnxruntime:cpu", 4, None, None)

@@ -33,9 +33,10 @@ from nas2deploy.errors import ExportError, ShapeError, UnavailableError
 from nas2deploy.exporter import Artifact, ExportContext, verify_parity
 from nas2deploy.latency import Protocol, measure
 from nas2deploy.target import Target
-from nas2deploy_exporters import to_tensorrt as trt_mod
+from nas2deploy_exporters import tensorrt as trt_mod
+from nas2deploy_exporters.tensorrt import TensorRTExporter
+from nas2deploy_exporters.tensorrt.check import check_graph, supported_ops
 from nas2deploy_exporters.to_onnx import OnnxExporter
-from nas2deploy_exporters.to_tensorrt import TensorRTExporter, check_graph, supported_ops
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exporters import metadata  # noqa: E402
@@ -420,11 +421,11 @@ def device_table(tmp_path, monkeypatch):
     """A latency table as `nas2deploy lut build --target tensorrt:cuda:fp16` writes it on the
     device. No device here: the entries are really measured (onnxruntime, this CPU) and the table
     is then labelled as the device's, which is all the workstation side reads of it."""
-    from nas2deploy import lut
+    from nas2deploy.latency.make import build_table_cli
 
     monkeypatch.setenv("NAS2DEPLOY_CACHE", str(tmp_path / "cache"))
-    path = lut.build_table_cli("dsonas", "onnxruntime:cpu", 8, tmp_path / "measured.json", None,
-                               method_options=TINY_DSONAS, grid=(0.5, 1.0))
+    path = build_table_cli("dsonas", "onnxruntime:cpu", 8, tmp_path / "measured.json", None,
+                           method_options=TINY_DSONAS, grid=(0.5, 1.0))
     d = json.loads(Path(path).read_text())
     d["meta"]["target"].update(runtime="tensorrt", device="cuda", precision="fp16")
     out = tmp_path / "jetson.lut.json"
@@ -545,9 +546,9 @@ def test_real_build_engine_and_measure_cli(tmp_path):
 
 @needs_tensorrt
 def test_real_latency_table_runner_for_tensorrt(tmp_path):
-    from nas2deploy import lut
+    from nas2deploy.latency.collect import RunnerFactory
 
-    factory = lut.RunnerFactory(Target.parse("tensorrt:cuda:fp16"), tmp_path, fast_export=True)
+    factory = RunnerFactory(Target.parse("tensorrt:cuda:fp16"), tmp_path, fast_export=True)
     assert factory.chain == ["onnx", "tensorrt"]
     net = small_net()
     x = torch.randn(1, 1, 16, 16)

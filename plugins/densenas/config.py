@@ -14,10 +14,11 @@ from nas2deploy.netspec import MAX_CHANNELS, MAX_KERNEL, MAX_PARAMS
 # the preset's value. ``reductions`` is each routing block's total downsampling relative to the
 # input (the stem's stride included), so a space is defined independently of the input size.
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's MobileNetV2-based ImageNet space (METHODS.md §2.1): 16 routing blocks, feature
-    # maps 56, 28×3, 14×6, 7×6 at 224², groups 1 | 2,2,2 | 3,3,3 | 4,4,4 | 5,5,5 | 6,6,6 (the
-    # stem is group 0 and the final 1×1 conv group 7), 3 stacked layers in blocks 1–13, none in
-    # 14–16, tail 1×1 conv to 1984. 54 edges, 15,456 stem-to-output paths.
+    # The MobileNetV2-based ImageNet space of DenseNAS (Fang et al., CVPR 2020; groups, edges and
+    # paths as in the authors' code's config): 16 routing blocks, feature maps 56, 28×3, 14×6, 7×6
+    # at 224², groups 1 | 2,2,2 | 3,3,3 | 4,4,4 | 5,5,5 | 6,6,6 (the stem is group 0 and the final
+    # 1×1 conv group 7), 3 stacked layers in blocks 1–13, none in 14–16, tail 1×1 conv to 1984. 54
+    # edges, 15,456 stem-to-output paths.
     "imagenet": {
         "widths": [24, 32, 40, 48, 56, 64, 72, 96, 112, 128, 160, 176, 192, 320, 352, 384],
         "groups": [1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6],

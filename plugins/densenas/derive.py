@@ -1,9 +1,10 @@
 """From architecture parameters (or costs) to one path, and from a path to a network spec.
 
-Derivation (METHODS.md §2.4): Viterbi over the transition probabilities picks the path; on it,
-each block's head is the argmax-α candidate of the chosen incoming edge and each stacked layer
-its argmax-α candidate; skips are dropped. Only the path is materialized: the blocks, edges and
-ops off it are absent from the spec (the net has mbconv/conv/head nodes only).
+Derivation (DenseNAS, Fang et al., CVPR 2020, deriving the architecture): Viterbi over the
+transition probabilities picks the path; on it, each block's head is the argmax-α candidate of the
+chosen incoming edge and each stacked layer its argmax-α candidate; skips are dropped. Only the path
+is materialized: the blocks, edges and ops off it are absent from the spec (the net has
+mbconv/conv/head nodes only).
 """
 
 from __future__ import annotations

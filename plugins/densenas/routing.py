@@ -68,8 +68,9 @@ class Graph:
         return [v for v in range(self.n) if self.out_edges[v]]
 
     def transition_probs(self, beta: torch.Tensor) -> torch.Tensor:
-        """p(i→j) per edge: softmax of β over each source's *outgoing* edges (METHODS.md §2.7
-        pitfall 1: the weights on a block's inputs do not sum to 1, and must not be made to)."""
+        """p(i→j) per edge: softmax of β over each source's *outgoing* edges (DenseNAS, Fang et
+        al., CVPR 2020, relaxation of the search space: the weights on a block's inputs do not
+        sum to 1, and must not be made to)."""
         parts = []
         for v in self.sources:
             idx = self.out_edges[v]

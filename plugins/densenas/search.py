@@ -1,5 +1,6 @@
 """The DenseNAS search: sampled weight steps, two-op arch steps with the rescale, the chained
-latency term, and the selection of the best validation epochs (METHODS.md §2.2–2.4).
+latency term, and the selection of the best validation epochs (DenseNAS, Fang et al., CVPR 2020:
+relaxation of the search space, chained cost estimation, search procedure).
 
 Phases, as fractions of ``ctx.epochs`` (paper: 150 epochs, 50 of warm-up, selection from 120):
 
@@ -55,11 +56,11 @@ def renormalised(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class ArchOptimizer:
     """Adam on β and α (paper: betas (0.5, 0.999), weight decay 1e-3), then the rescale of the
-    sampled α (the ProxylessNAS trick, METHODS.md §2.2): entries not sampled in this step are put
-    back to their old values, and the sampled ones are shifted together by
-    log(Σ_S exp α_old) − log(Σ_S exp α_new). The pair keeps its total mass, so every unsampled
-    candidate keeps its probability exactly (Adam's momentum and weight decay would otherwise
-    move them too)."""
+    sampled α (the ProxylessNAS trick, Cai et al., ICLR 2019, as DenseNAS uses it): entries not
+    sampled in this step are put back to their old values, and the sampled ones are shifted together
+    by log(Σ_S exp α_old) − log(Σ_S exp α_new). The pair keeps its total mass, so every unsampled
+    candidate keeps its probability exactly (Adam's momentum and weight decay would otherwise move
+    them too)."""
 
     def __init__(self, beta: torch.Tensor, alphas: list[torch.Tensor], lr: float, weight_decay: float):
         self.beta, self.alphas = beta, list(alphas)

@@ -1,6 +1,6 @@
 """The DenseNAS space: the routing layout, every candidate op's signature, and the supernet.
 
-Layout (METHODS.md §2.1)::
+Layout (DenseNAS, Fang et al., CVPR 2020, search space)::
 
     node 0      stem: 3×3 conv (stride 1 or 2) → BN → ReLU6, then a fixed MBConv(k3, t1)
     nodes 1..B  routing blocks of increasing width, grouped; block j =
@@ -245,7 +245,7 @@ class CostTable:
     Every entry is looked up by the op's ``OpSignature`` (with the input shape it really sees),
     never by position. The authors' table is a positional nested list, and the shipped one holds
     three stack-layer entries for blocks 14–16, which have none in the shipped config; it is
-    silently read anyway (METHODS.md §2.7, pitfall 3). Keyed by signature, such a mismatch
+    silently read anyway by the DenseNAS authors' code. Keyed by signature, such a mismatch
     cannot happen. The fixed parts (stem, tail, base) are part of the total, as in the paper;
     being constants they only rescale the log penalty's gradient (pitfall 4).
     """
@@ -276,7 +276,8 @@ class CostTable:
                 for o, cand in enumerate(layout.head_candidates):
                     stack[r, o] = c(layout.layer_signature(node, cand))
                 # Skip is not free: the paper gives it 1/10 of the first candidate's cost so the
-                # cost term does not simply empty every block (METHODS.md §2.3).
+                # cost term does not simply empty every block (DenseNAS, Fang et al., CVPR 2020,
+                # chained cost estimation).
                 stack[r, layout.skip_index] = skip_fraction * float(stack[r, :layout.skip_index].min())
         out = torch.zeros(len(layout.out_row), dtype=torch.float64)
         for e, r in layout.out_row.items():

@@ -11,7 +11,8 @@ from nas2deploy.method import MethodConfig
 from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 
 # Candidate ops a DAG level may hold: name -> (nas2deploy.ops op, its parameters besides width).
-# Every op is stride 1 and keeps the channel count, Conv-BN-ReLU order (METHODS.md §1.1).
+# Every op is stride 1 and keeps the channel count, Conv-BN-ReLU order (DSO-NAS, Zhang et al.
+# 2018, search space).
 OP_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "sep3": ("sep", {"k": 3}),
     "sep5": ("sep", {"k": 5}),

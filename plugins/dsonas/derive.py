@@ -1,10 +1,10 @@
 """Derivation: λ → which edges and ops survive → a network spec in nas2deploy's op vocabulary.
 
-Pruning (METHODS.md §1.4): an edge is removed when its λ is exactly 0; then dead ops are removed
-until nothing changes. An op is dead when no non-zero edge from a live source feeds it, or when
-no non-zero edge carries it to a live consumer (a later op or the block output); removing an op
-zeroes all its edges. The fixed point is exactly the set of ops reachable from the block input
-*and* reaching the block output through non-zero edges.
+Pruning (DSO-NAS, Zhang et al. 2018, pruning after search): an edge is removed when its λ is exactly
+0; then dead ops are removed until nothing changes. An op is dead when no non-zero edge from a live
+source feeds it, or when no non-zero edge carries it to a live consumer (a later op or the block
+output); removing an op zeroes all its edges. The fixed point is exactly the set of ops reachable
+from the block input *and* reaching the block output through non-zero edges.
 
 The spec mirrors the supernet node by node (ids ``{unit}_op_{m}_{n}``, ``{unit}_proj_{m}_{n}``,
 ``{unit}_in_{m}_{n}``, ``{unit}_sum``, ``{unit}_bn``, ``{unit}_short``, ``{unit}_add``,

@@ -1,7 +1,7 @@
 """APG-NAG: accelerated proximal gradient (Nesterov form) for min f(λ) + Σ_e γ_e·|λ_e|, λ ≥ 0.
 
-This is the update DSO-NAS takes from Sparse Structure Selection (METHODS.md §1.3). With step η
-and momentum μ, per element::
+This is the update DSO-NAS (Zhang et al. 2018, optimization and training) takes from Sparse
+Structure Selection (Huang & Wang, ECCV 2018). With step η and momentum μ, per element::
 
     z = λ − η·∇f(λ)
     s = sign(z)·max(|z| − η·γ, 0)        # prox of η·γ·|·|: soft-thresholding

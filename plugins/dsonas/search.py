@@ -1,9 +1,10 @@
 """The DSO-NAS search loop: pre-train W with λ ≡ 1, then alternate W (NAG) and λ (APG-NAG) steps.
 
-Each step touches only its own parameter set and its own data split (METHODS.md §1.3, pitfall 5):
-a weight step takes gradients for ``weight_parameters()`` only, on a batch of the W split; a λ
-step takes gradients for ``arch_parameters()`` only, on a batch of the λ split, and applies the
-proximal ℓ1 step. Pre-training uses the W split only.
+Each step touches only its own parameter set and its own data split (DSO-NAS, Zhang et al. 2018,
+optimization and training; the authors' code pre-trains on the W split alone): a weight step takes
+gradients for ``weight_parameters()`` only, on a batch of the W split; a λ step takes gradients for
+``arch_parameters()`` only, on a batch of the λ split, and applies the proximal ℓ1 step.
+Pre-training uses the W split only.
 """
 
 from __future__ import annotations

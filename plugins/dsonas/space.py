@@ -1,6 +1,6 @@
 """The DSO-NAS supernet: stages of fully connected DAG blocks with a scale λ on every edge.
 
-Layout (METHODS.md §1.1)::
+Layout (DSO-NAS, Zhang et al. 2018, search space)::
 
     stem (3×3 conv-BN-ReLU, C; stride ``stem_stride``)
     stage 1: B normal blocks (width C)      ─ reduction (C → 2C, stride 2)
@@ -148,8 +148,9 @@ class NormalBlock(nn.Module):
             inputs = torch.tensordot(self.lam_in[m], torch.stack(srcs, 0), dims=1).unbind(0)
             for op, inp in zip(self.ops[m], inputs):
                 srcs.append(op(inp.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        # Σ λ_i · conv1x1_i(h_i) ("equivalent to concat + 1×1", METHODS.md §1.1) as one batched
-        # matmul over the op outputs stacked on a new leading axis, then a sum over that axis.
+        # Σ λ_i · conv1x1_i(h_i) (equivalent to DSO-NAS's concat + 1×1, Zhang et al. 2018, search
+        # space) as one batched matmul over the op outputs stacked on a new leading axis, then a sum
+        # over that axis.
         # (A 1×1 conv over their channel concatenation computes the same, but hands each op a
         # strided slice of its gradient, which sends every last-level op's backward down slow
         # generic kernels.)
@@ -183,8 +184,8 @@ class ReductionBlock(nn.Module):
 
 class DSONASSupernet(nn.Module):
     """The whole supernet. ``arch_parameters()`` (every λ) and ``weight_parameters()`` (every
-    trained weight) are disjoint; BN scales are held at 1 and are in neither (METHODS.md §1.3:
-    a trainable BN scale would absorb the λ)."""
+    trained weight) are disjoint; BN scales are held at 1 and are in neither (DSO-NAS, Zhang et
+    al. 2018, optimization and training: a trainable BN scale would absorb the λ)."""
 
     def __init__(self, cfg: DSONASConfig, task: TaskSpec):
         super().__init__()

@@ -13,8 +13,9 @@ from nas2deploy.method import MethodConfig
 from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 from nas2deploy.ops import ACTS
 
-# The eight candidate ops of every searchable block (METHODS.md §3.1): MBConv with kernel k,
-# expansion e (3 or 6) and with or without squeeze-excitation. There is no skip op.
+# The eight candidate ops of every searchable block (TF-NAS, Hu et al., ECCV 2020, search space):
+# MBConv with kernel k, expansion e (3 or 6) and with or without squeeze-excitation. There is no
+# skip op.
 OP_NAMES: tuple[str, ...] = ("k3_e3", "k3_e3_se", "k3_e6", "k3_e6_se",
                              "k5_e3", "k5_e3_se", "k5_e6", "k5_e6_se")
 
@@ -25,8 +26,9 @@ def op_def(name: str) -> tuple[int, int, bool]:
     return int(parts[0][1:]), int(parts[1][1:]), len(parts) == 3
 
 
-# The paper's ImageNet-224 space (METHODS.md §3.1). The paper's "swish" is ``hswish`` here: the
-# op vocabulary every materialized net is built from (nas2deploy.ops) has no plain swish.
+# The paper's ImageNet-224 space (TF-NAS, Hu et al., ECCV 2020, search space). The paper's "swish"
+# is ``hswish`` here: the op vocabulary every materialized net is built from (nas2deploy.ops) has no
+# plain swish.
 IMAGENET_SPACE: dict[str, Any] = {
     "stem_channels": 32,
     "stem_stride": 2,

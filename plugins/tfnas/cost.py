@@ -1,10 +1,10 @@
 """Latency of TF-NAS architectures, read op by op from the target's latency model.
 
-Every candidate op at every block position and every width is an ``OpSignature`` (the op, the
-shapes it sees, its mid channels); its cost is ``latency_model.op_cost(sig)`` in ms, asked once
-and cached (METHODS.md §3.6: the table is indexed by mid channels). The network constant is
-``latency_model.base_ms`` plus the costs of the fixed nodes (stem, stem block, tail conv, head),
-as the paper's ``base`` entry holds the stem and tail.
+Every candidate op at every block position and every width is an ``OpSignature`` (the op, the shapes
+it sees, its mid channels); its cost is ``latency_model.op_cost(sig)`` in ms, asked once and cached
+(the TF-NAS authors' code indexes its table by mid channels too). The network constant is
+``latency_model.base_ms`` plus the costs of the fixed nodes (stem, stem block, tail conv, head), as
+the paper's ``base`` entry holds the stem and tail.
 
 Two latencies are built from these costs:
 

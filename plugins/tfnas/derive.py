@@ -47,7 +47,8 @@ def parsed(net: TFNASSupernet) -> tuple[list[int], list[int], list[int]]:
 def decisions(net: TFNASSupernet, ops: Sequence[int], depths: Sequence[int],
               mids: Sequence[int]) -> dict[str, Any]:
     with torch.no_grad():
-        probs = torch.exp(net.alpha).tolist()  # α are log-probabilities (METHODS.md §3.8 pitfall 5)
+        # α are log-probabilities, β logits (as in the TF-NAS authors' code)
+        probs = torch.exp(net.alpha).tolist()
         depth_probs = [torch.softmax(b, 0).tolist() for b in net.betas]
     blocks = []
     i = 0

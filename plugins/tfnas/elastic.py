@@ -1,9 +1,9 @@
 """Elasticity scaling: land the parsed architecture's latency just under the target by its widths.
 
-METHODS.md §3.4. Given the parsed architecture (one op per block, the first d blocks of each
-stage) and its ops' current mid channels, every parsed block moves by its own step
-r_i = round(mid_i / min_j mid_j) (min over the blocks being scaled, r_i ≥ 1), clipped to the
-op's [max/2, max]:
+TF-NAS (Hu et al., ECCV 2020), elasticity-scaling strategy. Given the parsed architecture (one op
+per block, the first d blocks of each stage) and its ops' current mid channels, every parsed block
+moves by its own step r_i = round(mid_i / min_j mid_j) (min over the blocks being scaled, r_i ≥ 1),
+clipped to the op's [max/2, max]:
 
 1. all stages together: if LAT > T shrink step by step and keep the first configuration ≤ T;
    otherwise expand step by step and keep the last configuration ≤ T;

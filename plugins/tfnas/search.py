@@ -1,4 +1,4 @@
-"""The TF-NAS search loop (METHODS.md §3.2–3.4).
+"""The TF-NAS search loop (Hu et al., ECCV 2020: bi-sampling, sink-connecting, elasticity-scaling).
 
 * **Weight step (bi-sampling)** on a batch of the weight split: per block the *Gumbel path* takes
   argmax(α + g) (g standard Gumbel noise) and the *random path* an op drawn uniformly from the

@@ -1,6 +1,6 @@
 """The TF-NAS supernet: fixed stem, searchable MBConv stages with sink-connected depth, fixed tail.
 
-Layout (METHODS.md §3.1)::
+Layout (TF-NAS, Hu et al., ECCV 2020, search space)::
 
     stem    3×3 conv-BN-ReLU (stride ``stem_stride``) → MBConv(k3, e1, SE) ``stem_mb``
     stage s blocks s{s}_b1 … s{s}_b{n}: each holds the 8 candidate ops (MBConv k{3,5} × e{3,6} ×
@@ -51,7 +51,8 @@ class BlockInfo:
     w: int
 
     def mid_range(self, op: int) -> tuple[int, int, int]:
-        """(min, initial, max) mid channels of candidate ``op`` (METHODS.md §3.1)."""
+        """(min, initial, max) mid channels of candidate ``op`` (TF-NAS, Hu et al., ECCV 2020,
+        search space)."""
         _, e, _ = op_def(OP_NAMES[op])
         hi = (4 if e == 3 else 8) * self.c_in
         return max(1, hi // 2), e * self.c_in, hi
@@ -154,7 +155,8 @@ class ElasticMBConv(nn.Module):
     """One candidate op at full width, computing with its active mid channels only.
 
     Submodule names follow ``nas2deploy.ops.MBConv`` (``expand.0``, ``dw.0``, ``se.reduce``, ...),
-    which ``export_state`` slices into. BN is ``affine=False`` during search (METHODS.md §3.1).
+    which ``export_state`` slices into. BN is ``affine=False`` during search (TF-NAS, Hu et al.,
+    ECCV 2020, search space).
     """
 
     def __init__(self, info: BlockInfo, op: int, affine: bool = False):
@@ -183,7 +185,8 @@ class ElasticMBConv(nn.Module):
         return int(self.active.numel())
 
     def importance(self) -> torch.Tensor:
-        """L1 norm of every depthwise filter (the channel ranking of METHODS.md §3.4)."""
+        """L1 norm of every depthwise filter (the channel ranking of TF-NAS's elasticity-scaling
+        strategy, Hu et al., ECCV 2020)."""
         return self.dw[0].weight.detach().abs().sum((1, 2, 3))
 
     @torch.no_grad()
@@ -279,11 +282,11 @@ class SearchBlock(nn.Module):
     @torch.no_grad()
     def nested_init(self) -> None:
         """Start every op from slices of one random draw (the largest op's): the expand rows,
-        depthwise filters (centre-cropped for k3), SE and project columns an op has are the
-        first ones of the largest op, copied. At the start every path through the supernet then
-        computes nearly the same function, and single-path training gets going in tens of steps
-        instead of thousands (METHODS.md's search runs 90 ImageNet-100 epochs and needs no such
-        thing; the CPU budget here is a few hundred steps)."""
+        depthwise filters (centre-cropped for k3), SE and project columns an op has are the first
+        ones of the largest op, copied. At the start every path through the supernet then computes
+        nearly the same function, and single-path training gets going in tens of steps instead of
+        thousands (the TF-NAS paper's search runs 90 ImageNet-100 epochs and needs no such thing;
+        the CPU budget here is a few hundred steps)."""
         src = max(self.ops, key=lambda o: (o.mid_max, o.k, o.se_ch))
         for op in self.ops:
             if op is src:
