@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .netspec import SpecError, _show, validate_spec
+from .speccheck import SpecError, _show, validate_spec
 
 FORMAT = "nas2deploy.architecture"
 VERSION = 1

@@ -68,7 +68,7 @@ def handled(fn):
         except Nas2DeployError as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
         except KeyboardInterrupt as exc:
-            from .bundle import clear_own_scratch
+            from .outdir import clear_own_scratch
 
             clear_own_scratch()
             by = f" by {exc}" if str(exc) else ""

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import registry
-from .bundle import (MANIFEST, bundle_file, locked_bundle, read_manifest, sha256, verify_files,
-                     write_json_atomic)
+from .bundle import MANIFEST, bundle_file, read_manifest, sha256, verify_files, write_json_atomic
 from .errors import BundleError, UnavailableError, UsageError
 from .exporter import Artifact
+from .outdir import locked_bundle
 
 # Jetson boards expose the integrated GPU's clock through devfreq, not nvidia-smi
 _JETSON_GPU_DEVFREQ = ("gpu", "gv11b", "ga10b", "gp10b", "gb10b")

@@ -8,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, load_bundle, locked_bundle, read_manifest
+from .bundle import MANIFEST, load_bundle, read_manifest
 from .env import cpu_name, utc_now, write_json_atomic
 from .errors import BundleError, UsageError
 from .exporter import Artifact
 from .latency import measure_instances
+from .outdir import locked_bundle
 from .runtime import artifact_loader, exporter_for_runtime, random_input
 from .target import Target, supported_precisions
 

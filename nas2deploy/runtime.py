@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import registry
-from .bundle import scratch_prefix
+from .outdir import scratch_prefix
 from .errors import UnavailableError, UsageError
 from .exporter import Artifact, EagerTorch, ExportContext, Exporter, Runner, torch_runner
 from .latency.measure import (INSTANCES, LatencyReport, Protocol, TableProtocol,

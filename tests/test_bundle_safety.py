@@ -3,7 +3,7 @@
 Real files and real processes throughout: the console script in a subprocess, a small driver
 process that stages a bundle and is killed (``kill -9``) at a chosen step of the commit, real
 SIGTERM/SIGHUP, real symlinks. A process stops at a step through the commit's own test hook
-(``NAS2DEPLOY_PAUSE_AT``, see ``nas2deploy.bundle._pause``), so the kill lands exactly there.
+(``NAS2DEPLOY_PAUSE_AT``, see ``nas2deploy.outdir._pause``), so the kill lands exactly there.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from nas2deploy import load_bundle
-from nas2deploy.bundle import MANIFEST, read_manifest, sha256, staged_bundle
+from nas2deploy.bundle import MANIFEST, read_manifest, sha256
 from nas2deploy.cli import main
 from nas2deploy.errors import BundleError, UsageError
+from nas2deploy.outdir import staged_bundle
 
 EXE = Path(sys.executable).with_name("nas2deploy")
 TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 0\n'
@@ -35,11 +36,11 @@ TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs =
 DRIVER = r"""
 import json, shutil, sys, tempfile
 from pathlib import Path
-from nas2deploy.bundle import staged_bundle
+from nas2deploy.outdir import staged_bundle
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 overwrite, scratch = sys.argv[3] == "1", sys.argv[4] == "1"
 if scratch:
-    from nas2deploy.bundle import scratch_prefix
+    from nas2deploy.outdir import scratch_prefix
     tempfile.mkdtemp(prefix=scratch_prefix("driver"))
 with staged_bundle(out, overwrite) as tmp:
     for child in src.iterdir():

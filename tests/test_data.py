@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nas2deploy.data import Dataset, _stratified_split, load_dataset, parse_dataset_spec
+from nas2deploy.data import Dataset, load_dataset, parse_dataset_spec
+from nas2deploy.data.datasets import _stratified_split
 from nas2deploy.errors import UsageError
 
 # ---------------------------------------------------------------------------------------------
@@ -543,15 +544,17 @@ def test_memory_estimate_covers_what_the_loader_holds(tmp_path):
 
 def test_memory_guard_refuses_before_reading(tmp_path, monkeypatch):
     from nas2deploy import data
+    from nas2deploy.data import cifar as cifar_mod
+    from nas2deploy.data import sizes as sizes_mod
 
     cifar = _write_cifar(tmp_path / "cifar")
     folder = _write_folder(tmp_path / "imgs", per_class=5)
-    monkeypatch.setattr(data, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(sizes_mod, "available_memory", lambda: 1 << 20)
 
     def nothing_read(*args, **kwargs):
         raise AssertionError("the dataset was read before its memory was checked")
 
-    monkeypatch.setattr(data, "_unpickle", nothing_read)
+    monkeypatch.setattr(cifar_mod, "_unpickle", nothing_read)
     monkeypatch.setattr(Image, "open", nothing_read)
     for spec in ("digits", f"cifar10:{cifar}", f"folder:{folder}"):
         for check in (lambda: data.load_dataset(spec, input_size=512),
@@ -563,12 +566,13 @@ def test_memory_guard_refuses_before_reading(tmp_path, monkeypatch):
 
 def test_memory_guard_lets_a_dataset_that_fits_through(tmp_path, monkeypatch):
     from nas2deploy import data
+    from nas2deploy.data import sizes as sizes_mod
 
     cifar = _write_cifar(tmp_path / "cifar")
     need = data.estimate_memory(f"cifar10:{cifar}", input_size=64)
-    monkeypatch.setattr(data, "available_memory", lambda: need + 1)
+    monkeypatch.setattr(sizes_mod, "available_memory", lambda: need + 1)
     assert data.check_dataset(f"cifar10:{cifar}", input_size=64).sizes["test"] == 10
-    monkeypatch.setattr(data, "available_memory", lambda: None)  # unknown: not refused
+    monkeypatch.setattr(sizes_mod, "available_memory", lambda: None)  # unknown: not refused
     assert data.load_dataset(f"cifar10:{cifar}", input_size=64).input_size == 64
 
 
@@ -592,7 +596,7 @@ def test_batch_larger_than_the_test_split(tmp_path):
 
 def test_available_memory_counts_a_cgroup_limit_on_any_ancestor(tmp_path):
     """A container's limit (cgroup v1 here) is what the OOM killer enforces, not MemAvailable."""
-    from nas2deploy.data import _cgroup_walk
+    from nas2deploy.data.memory import _cgroup_walk
 
     parent, child = tmp_path / "a", tmp_path / "a" / "b"
     child.mkdir(parents=True)

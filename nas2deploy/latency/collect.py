@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import scratch_prefix
+from ..outdir import scratch_prefix
 from ..env import cache_root, machine_info, open_bar, utc_now, version, write_atomic
 from ..errors import UnavailableError, UsageError
 from ..exporter import Runner
