@@ -63,6 +63,12 @@ class SearchContext:
     # Channel counts the target runs best are multiples of this (onnxruntime's NCHWc block: 16
     # with AVX-512, else 8; 1 elsewhere). A method that chooses widths should keep to it.
     channel_multiple: int = 1
+    # The pipeline's closed loop aims its widths at ``aim`` x the budget, and asks a method that
+    # can re-size (``SearchMethod.resize``) to, at full width, whenever a measurement lies more
+    # than ``resize_band`` from that aim (filled from ``nas2deploy.stages.size.Aim``). A method
+    # that lands its own architecture by measurement aims at the same point and window.
+    aim: float = 0.95
+    resize_band: float = 0.03
 
 
 @dataclass

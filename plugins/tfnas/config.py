@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nas2deploy.errors import UsageError
-from nas2deploy.method import MethodConfig
+from nas2deploy.method import MethodConfig, SearchContext
 from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 from nas2deploy.ops import ACTS
 
@@ -71,6 +71,11 @@ def _small_stages() -> list[list[Any]]:
     return [[2, 16, 2, "relu"], [3, 24, 2, "hswish"], [3, 40, 2, "hswish"], [1, 64, 1, "hswish"]]
 
 
+# The pipeline's aim and re-size band as SearchContext declares them (not copied here): the
+# defaults of ``target_fraction`` and ``landing_tolerance``, which follow ``ctx`` when left alone.
+_CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchContext)}
+
+
 @dataclass
 class TFNASConfig(MethodConfig):
     """Options of the TF-NAS search (all have defaults; ``validate`` gives the ranges).
@@ -100,9 +105,10 @@ class TFNASConfig(MethodConfig):
     # default run here has ~60 arch steps, and at 0.1 the CE gradient keeps the parsed depth at 1
     # (its latency at max widths then stays far under T, which widths alone cannot fix).
     lam: float = 1.0
-    # T = target_fraction × ctx.budget_ms: the pipeline aims its width loop at 0.95 × budget too,
-    # and measurement noise on a shared CPU needs the margin.
-    target_fraction: float = 0.95
+    # T = target_fraction × ctx.budget_ms. Left at its default, T follows the pipeline's own aim
+    # (``ctx.aim``, where its width loop aims too: measurement noise on a shared CPU needs the
+    # margin); set, it overrides it.
+    target_fraction: float = _CONTEXT_DEFAULTS["aim"]
     elastic: bool = True  # elastic width scaling after every post-warm-up epoch
     # after the paper's passes, per-stage fill passes and a channel trade (see elastic.py); they
     # only ever move the parsed latency closer to T from below
@@ -115,7 +121,8 @@ class TFNASConfig(MethodConfig):
     # space's parsed nets by ~23% on OpenVINO), and the elastic step lands the *estimate* on T.
     measured_landing: bool = True
     landing_rounds: int = 3
-    landing_tolerance: float = 0.03
+    # Left at its default, the window follows the pipeline's re-size band (``ctx.resize_band``).
+    landing_tolerance: float = _CONTEXT_DEFAULTS["resize_band"]
 
     # --- schedule ---
     warmup_fraction: float = 0.25  # share of the epochs that train weights only (paper 10/90)

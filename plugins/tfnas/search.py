@@ -70,6 +70,18 @@ def soft_gumbel(alpha: torch.Tensor, tau: float, gen: torch.Generator | None = N
 # schedule
 
 
+def aim_of(cfg: TFNASConfig, ctx: Any) -> tuple[float, float]:
+    """(fraction of the budget T aims at, the measured landing's window): the pipeline's own aim
+    and re-size band from ``ctx`` for an option left at its default, the option where it is set."""
+    fields = TFNASConfig.__dataclass_fields__
+    fraction, tolerance = cfg.target_fraction, cfg.landing_tolerance
+    if fraction == fields["target_fraction"].default:
+        fraction = float(getattr(ctx, "aim", fraction))
+    if tolerance == fields["landing_tolerance"].default:
+        tolerance = float(getattr(ctx, "resize_band", tolerance))
+    return fraction, tolerance
+
+
 def temperature(cfg: TFNASConfig, search_epoch: int, n_search: int) -> float:
     """τ of post-warm-up epoch ``search_epoch`` (0-based): tau_start → tau_end geometrically."""
     if n_search <= 1 or search_epoch <= 0:
@@ -464,7 +476,8 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
     n_warm, n_search = split_epochs(int(ctx.epochs), cfg.warmup_fraction)
     table = method.cost_table(net, ctx.latency_model)
-    target = cfg.target_fraction * float(ctx.budget_ms) if ctx.budget_ms else None
+    fraction, tolerance = aim_of(cfg, ctx)
+    target = fraction * float(ctx.budget_ms) if ctx.budget_ms else None
     net.cost_table, net.target_ms = table, target
     net.channel_multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
     n_batches = len(epoch_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
@@ -477,7 +490,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
     a_batches = cycle_batches(len(data.x_arch), bs, gen_a)
     ctx.log(f"tfnas: {n_warm} warm-up + {n_search} search epochs, {len(net.layout.blocks)} blocks "
             f"x {net.alpha.shape[1]} ops, target T = {target if target is None else round(target, 4)} "
-            f"({cfg.target_fraction:g} x budget; costs: {table.source})")
+            f"({fraction:g} x budget; costs: {table.source})")
     bar = (ctx.progress(total=n_batches * (n_warm + n_search), desc="tfnas search")
            if ctx.progress is not None else None)
     try:
@@ -541,7 +554,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
                     f"({row['seconds']:.1f} s)" + (f" E[LAT] {row['expected_ms']:.4f}" if "expected_ms" in row else "")
                     + (f" measured {measured:.4f} ms" if measured is not None else ""))
         if landing is not None and n_search > 0:
-            landing.land(cfg.landing_rounds, cfg.landing_tolerance, cfg.elastic_refine, ctx.log)
+            landing.land(cfg.landing_rounds, tolerance, cfg.elastic_refine, ctx.log)
             net.measured_ms, net.estimate_correction = landing.last_ms, landing.correction
     finally:
         if bar is not None:

@@ -1,0 +1,74 @@
+"""Search: the method searches its supernet (with a ``measure`` callback where the target can be
+timed here) and decides an architecture."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..architecture import Architecture
+from ..counting import count_macs
+from ..data import Dataset
+from ..materialize import materialize
+from ..method import SearchContext, SearchData
+from ..netspec import GraphNet
+from ..records import Budget
+from .size import Aim
+from .state import RunState
+
+
+@dataclass
+class Decision:
+    """The decided architecture, its network (with inherited weights where the run retrains from
+    them), and what the search measured of it (None if it did not)."""
+
+    arch: Architecture
+    base: GraphNet
+    seen_ms: float | None
+    ctx: SearchContext
+    epochs: int
+
+
+def split_for_search(ds: Dataset, seed: int) -> SearchData:
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(ds.x_train), generator=gen)
+    half = len(perm) // 2
+    w, a = perm[:half], perm[half:]
+    return SearchData(ds.x_train[w], ds.y_train[w], ds.x_train[a], ds.y_train[a], ds.x_val, ds.y_val)
+
+
+def search(run: RunState, budget: Budget) -> Decision:
+    cfg, method, lat_model, log = run.cfg, run.method, run.lat_model, run.log
+    epochs = cfg.search_epochs or getattr(method, "default_search_epochs", 10)
+    ctx = SearchContext(data=split_for_search(run.ds, cfg.seed), epochs=epochs, seed=cfg.seed,
+                        budget_ms=budget.budget_ms, latency_model=lat_model,
+                        progress=run.progress, log=log, channel_multiple=run.multiple,
+                        aim=Aim.AIM, resize_band=Aim.RESIZE_BAND)
+    if run.remote is None:
+        side, example = run.side, run.example
+
+        def measure_spec(spec: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> float:
+            net = materialize(Architecture(method=method.name, network=spec), weights)
+            rep = side.measure(net)
+            ctx.measurements.append({"spec": net.spec(), "predicted_ms": lat_model.predict(spec),
+                                     "measured_p50_ms": rep.p50_ms, "raw_p50_ms": rep.raw_p50_ms,
+                                     "ratio_to_largest": rep.ratio,
+                                     "macs": count_macs(net, example)})
+            if hasattr(lat_model, "observe"):  # the FLOPs proxy refits on every measured net
+                lat_model.observe(spec, rep.p50_ms)
+            return rep.p50_ms
+
+        ctx.measure = measure_spec
+    log(f"searching with {method.name} for {epochs} epochs")
+    t = time.perf_counter()
+    method.search(run.supernet, ctx)
+    run.timings["search_s"] = time.perf_counter() - t
+    arch = method.decide(run.supernet)
+    base = run.materialize_decided(arch)
+    base_spec = base.spec()
+    seen = next((m["measured_p50_ms"] for m in reversed(ctx.measurements)
+                 if m["spec"] == base_spec), None)
+    return Decision(arch, base, seen, ctx, epochs)

@@ -1,0 +1,64 @@
+"""What the stages of one run share that is not a record: the plan, the dataset, the supernet, the
+latency model and the side-by-side timer. Records (``nas2deploy.records``) are what stages hand on;
+this is the room they work in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..architecture import Architecture
+from ..config import RunConfig
+from ..data import Dataset
+from ..materialize import materialize, scale_width
+from ..method import SearchMethod, TaskSpec
+from ..netspec import GraphNet
+from ..target import Target
+from .plan import Plan
+
+
+@dataclass
+class RunState:
+    plan: Plan
+    ds: Dataset
+    task: TaskSpec
+    shape: tuple[int, int, int, int]
+    multiple: int  # channel multiple the target runs best
+    supernet: Any
+    space: Any
+    log: Callable[[str], None]
+    progress: Callable[..., Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    example: torch.Tensor | None = None  # a one-sample input, for counting MACs
+    side: Any = None  # SideBySide with the largest subnet; None where the target is not timed here
+    lat_model: Any = None
+    # verify(subnet, exports, xctx, ds, cfg) -> {"parity", "precision"}: the export stage's check
+    # (stages.export.verify unless the caller gives another)
+    verify: Callable[..., dict[str, Any]] | None = None
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.plan.cfg
+
+    @property
+    def target(self) -> Target:
+        return self.plan.target
+
+    @property
+    def method(self) -> SearchMethod:
+        return self.plan.method
+
+    @property
+    def remote(self) -> str | None:
+        return self.plan.remote
+
+    def scaled(self, net: GraphNet, m: float) -> GraphNet:
+        return scale_width(net, m, round_to=self.multiple)
+
+    def materialize_decided(self, a: Architecture) -> GraphNet:
+        """``a`` as a network, with the supernet's weights where the run retrains from them."""
+        weights = (self.method.inherited_weights(self.supernet, a)
+                   if self.cfg.retrain_from == "inherit" else {})
+        return materialize(a, weights)
