@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .config import RunConfig, load_toml, merge
-from .errors import Nas2DeployError, UsageError
+from .errors import Nas2DeployError
 
 DEFAULTS = RunConfig()
 
