@@ -80,11 +80,9 @@ class OnnxExporter(Exporter):
         unless it kept the block. OpenVINO and eager torch showed no such cliff."""
         if target.runtime != "onnxruntime":
             return 1
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return 8
-        return 16 if " avx512f" in flags else 8
+        from nas2deploy.env import cpu_isa
+
+        return 16 if cpu_isa(("avx512f",))["avx512f"] else 8
 
     @classmethod
     def versions(cls) -> dict[str, str]:
