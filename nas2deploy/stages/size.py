@@ -18,7 +18,7 @@ from ..counting import count_macs, count_params
 from ..latency import secant
 from ..materialize import scale_width
 from ..netspec import GraphNet
-from ..records import Budget, Candidate
+from ..records import Budget
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -175,9 +175,6 @@ class Sizing:
     resized: int = 0  # re-sizes by the method (SearchMethod.resize) behind the net now scaled
     level: int = 0  # prune_further level of the architecture the rounds scaled
     rounds: list[dict[str, Any]] = field(default_factory=list)
-
-    def candidate(self) -> Candidate:
-        return Candidate(self.width, self.arch, self.resized, self.level)
 
 
 def resize(run: RunState, aim: Aim, a: Architecture, measured_ms: float) -> Architecture | None:
