@@ -1,7 +1,7 @@
 """How well do the latency models predict what the target runtime really measures?
 
-Samples N random subnets of a space (``method.sample`` -- or random architecture parameters fed to
-``decide`` for a method without one -- then ``scale_width`` at a random multiplier), predicts each
+Samples N random subnets of a space (its ``sample``, then ``scale_width`` at a random
+multiplier), predicts each
 with every model and measures each end to end on the target. The models:
 
 - ``flops``: a + b·MACs through the largest and the smallest (min-width) subnet measured on
@@ -163,8 +163,8 @@ def main() -> None:
         tb = tables[str(target)]
         print(f"# table {target}: {tb.summary()}; loadavg while built "
               f"{tb.meta['load']['loadavg_1m_before']}; fetched in {time.perf_counter() - t:.0f} s")
-    anchor_layers = [count_layers(materialize(method.largest(supernet))),
-                     count_layers(materialize(method.smallest(supernet)))]
+    anchor_layers = [count_layers(materialize(method.space(supernet).largest())),
+                     count_layers(materialize(method.space(supernet).smallest()))]
     evaluate(args, targets, tables, cal_specs, test_specs, macs, measured, spreads, anchor_layers)
 
 
@@ -180,8 +180,8 @@ def measure_all(args, method, supernet, targets, progress):
                          widths=widths, progress=progress, desc="calibration subnets")
     seen = {json.dumps(s.spec, sort_keys=True) for s in cal}
     test = [s for s in test if json.dumps(s.spec, sort_keys=True) not in seen]
-    largest = materialize(method.largest(supernet))
-    smallest = scale_width(materialize(method.smallest(supernet)), args.min_width)
+    largest = materialize(method.space(supernet).largest())
+    smallest = scale_width(materialize(method.space(supernet).smallest()), args.min_width)
     nets = [largest, smallest] + [s.net for s in cal] + [s.net for s in test]
     print(f"# sampled in {time.perf_counter() - t0:.0f} s; {len(test)} test subnets after "
           f"dropping any equal to a calibration one")

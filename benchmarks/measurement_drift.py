@@ -56,9 +56,9 @@ def main() -> None:
     method = registry.methods.get(args.method)({})
     supernet = method.build(TaskSpec(1, 32, 10))
     shape = (1, 1, 32, 32)
-    largest = materialize(method.largest(supernet))
+    largest = materialize(method.space(supernet).largest())
     rng = random.Random(args.seed)
-    nets = [materialize(method.sample(supernet, rng)) for _ in range(args.nets)]
+    nets = [materialize(method.space(supernet).draw(rng)) for _ in range(args.nets)]
     ref_ms = measure_model(largest, target, shape).p50_ms
     n = args.instances
     sides = {1: SideBySide(largest, target, shape, ref_ms, instances=1),

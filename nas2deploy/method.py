@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -14,6 +13,7 @@ from torch import nn
 from .architecture import Architecture
 from .errors import UsageError
 from .latency import LatencyModel
+from .space import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SearchContext:
     # measure(network_spec, weights=None) -> p50 ms of that network on the target runtime, timed
     # as the pipeline's closed loop times its candidates (probe export, then side by side with
     # the largest subnet over fresh loads: about 2.5 s a call on a 2-core VM). ``weights``
-    # (state_dict names, as ``inherited_weights`` returns) are loaded first: trained weights
+    # (state_dict names, as ``SearchSpace.weights`` gives) are loaded first: trained weights
     # ran a TF-NAS net ~4% slower than random ones on OpenVINO. None where the target cannot be
     # timed on this machine (a device target searched by its table). A method may use it to
     # correct its latency estimate while it searches; every call is recorded in
@@ -63,8 +63,8 @@ class SearchContext:
     # Channel counts the target runs best are multiples of this (onnxruntime's NCHWc block: 16
     # with AVX-512, else 8; 1 elsewhere). A method that chooses widths should keep to it.
     channel_multiple: int = 1
-    # The pipeline's closed loop aims its widths at ``aim`` x the budget, and asks a method that
-    # can re-size (``SearchMethod.resize``) to, at full width, whenever a measurement lies more
+    # The pipeline's closed loop aims its widths at ``aim`` x the budget, and asks a decision
+    # that can re-size (``Decision.resize``) to, at full width, whenever a measurement lies more
     # than ``resize_band`` from that aim (filled from ``nas2deploy.stages.size.Aim``). A method
     # that lands its own architecture by measurement aims at the same point and window.
     aim: float = 0.95
@@ -94,12 +94,65 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class Decision:
+    """What a method decided, handed forward; nothing after it reaches back into the supernet.
+
+    ``arch`` rebuilds the subnet from nothing; ``weights`` are the supernet's weights for it
+    (state_dict names of the materialized net; empty: retrain from the initialisation). The
+    optional levers are what the closed loop may still ask of the method, and own a snapshot of
+    the state they need:
+
+    * ``resize(factor)``: the architecture made about ``factor`` times as slow (< 1: faster) by
+      the method's own lever, asked at full width before a uniform width multiplier when a
+      measurement lies more than ``SearchContext.resize_band`` off the aim (TF-NAS re-lands its
+      elastic widths block by block, in the target's channel multiple). None: nothing changes.
+    * ``sparser(level)``: a sparser architecture from the same search, level 1, 2, ... each
+      removing more of what the search judged least useful, asked when the decision is still
+      over budget at the narrowest width (small nets on CPU runtimes are bound by per-op
+      overhead, where thinning channels stops paying). None: nothing more to remove.
+
+    Each returns a new ``Decision`` (with its own levers) or None.
+    """
+
+    arch: Architecture
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    resize: Callable[[float], "Decision | None"] | None = None
+    sparser: Callable[[int], "Decision | None"] | None = None
+
+    @property
+    def levers(self) -> list[str]:
+        return [name for name in ("resize", "sparser") if getattr(self, name) is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        """The record: the architecture, which levers it had, how many tensors it inherits (the
+        tensors themselves travel as safetensors)."""
+        return {"architecture": self.arch.to_dict(), "levers": self.levers,
+                "inherited_tensors": len(self.weights)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], weights: dict[str, torch.Tensor] | None = None,
+                  source: str = "decision") -> "Decision":
+        """A decision read back. Levers are live state and do not survive the round trip."""
+        if not isinstance(d, dict) or "architecture" not in d:
+            raise UsageError(f"{source} is not a nas2deploy decision record")
+        return cls(Architecture.from_dict(d["architecture"], source), dict(weights or {}))
+
+
 class SearchMethod(ABC):
-    """A plugin. Register the class under the ``nas2deploy.methods`` entry-point group."""
+    """A plugin: a NAS method expressed as learning which parts of a supernet to remove.
+    Register the class under the ``nas2deploy.methods`` entry-point group.
+
+    Three verbs and a space: ``build`` the supernet, ``search`` it, ``decide`` what survives;
+    ``space`` describes the supernet's space and what it can produce (``SearchSpace``).
+    """
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # The whole search budget in epochs when the run does not set one; a method sizes it so its
+    # default space searches the default data (digits) in minutes on two CPU cores.
+    default_search_epochs: ClassVar[int] = 10
 
     def __init__(self, config: MethodConfig | dict[str, Any] | None = None):
         if not isinstance(config, MethodConfig):
@@ -111,59 +164,16 @@ class SearchMethod(ABC):
         """The supernet for ``task``, with its architecture parameters at their initial values."""
 
     @abstractmethod
-    def space(self, supernet: nn.Module) -> dict[str, Any]:
-        """JSON description of the search space: {"name", "fingerprint", ...}."""
+    def space(self, supernet: nn.Module) -> SearchSpace:
+        """The supernet's search space: its JSON description and what it can produce."""
 
     @abstractmethod
-    def largest(self, supernet: nn.Module) -> Architecture:
-        """The largest subnet the space holds (nothing removed): the budget's reference."""
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> Any:
+        """Train weights and architecture parameters in place. May return what ``decide`` needs
+        besides them (the method's own record of its search, such as TF-NAS's cost table and
+        landing); the pipeline hands it to ``decide`` unread. None is fine."""
 
     @abstractmethod
-    def smallest(self, supernet: nn.Module) -> Architecture:
-        """The smallest subnet the method can derive, before any width scaling."""
-
-    @abstractmethod
-    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
-        """Train weights and architecture parameters in place."""
-
-    @abstractmethod
-    def decide(self, supernet: nn.Module) -> Architecture:
-        """Architecture parameters -> discrete Architecture. Must not train."""
-
-    def prune_further(self, supernet: nn.Module, level: int) -> Architecture | None:
-        """A sparser architecture than ``decide``'s, from the same search: level 1, 2, ... each
-        removes more of what the search judged least useful. The pipeline asks for it when the
-        decided architecture is still over budget at the narrowest width, where thinning
-        channels stops paying (small nets on CPU runtimes are bound by per-op overhead). None:
-        nothing more to remove, or the method has no such lever (the default)."""
-        return None
-
-    def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
-        """``arch`` (decided from this supernet) made about ``factor`` times as slow (< 1:
-        faster) by the method's own lever, from the same search. The pipeline asks for it at
-        full width, before a uniform width multiplier, when a measurement lies more than a few
-        percent off its aim: a method that sizes its network block by block (TF-NAS's elastic
-        widths, in the target's channel multiple) lands finer than scaling every layer at once,
-        and can grow past the decided network. None: no such lever (the default), or nothing
-        would change."""
-        return None
-
-    def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
-        """Networks that together hold every candidate op of the space at its real input shape.
-
-        Latency tables measure each distinct op signature found in them (at several widths).
-        The default, the largest subnet, is enough when it contains every candidate (DSO-NAS);
-        a space with alternative ops at one position must return more.
-        """
-        return [self.largest(supernet)]
-
-    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
-        """A random subnet of the space, for calibrating and benchmarking latency models."""
-        raise NotImplementedError(f"method {self.name!r} cannot sample random subnets")
-
-    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
-        """Supernet weights for the materialized net, keyed by its state_dict names.
-
-        The default inherits nothing (retrain from scratch). Missing keys keep their init.
-        """
-        return {}
+    def decide(self, supernet: nn.Module, searched: Any = None) -> Decision:
+        """Architecture parameters (and what ``search`` returned, None before any search) ->
+        Decision. Must not train or change the supernet."""

@@ -3,6 +3,11 @@
 A record holds what a later stage (or a resumed run, or a test starting mid-way) needs to go on,
 as plain values: an ``Architecture`` rebuilds its network from nothing, so no record carries a
 module or a supernet.
+
+The search stage's record, ``Decision``, is defined beside the method contract
+(``nas2deploy.method``), since methods make it; it is re-exported here with the others. Its JSON
+is the architecture and the names of its levers; the levers themselves are live objects of the
+method and do not survive a round trip.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .architecture import Architecture
+from .method import Decision
+
+__all__ = ["Attempt", "Budget", "Candidate", "Decision", "Verdict"]
 
 
 def _plain(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +54,8 @@ class Candidate:
 
     width: float
     architecture: Architecture  # the architecture the width scales (full width)
-    resized: int = 0  # re-sizes by the method (SearchMethod.resize) behind it
-    prune_level: int = 0  # prune_further level behind it
+    resized: int = 0  # re-sizes by the decision's lever (Decision.resize) behind it
+    prune_level: int = 0  # sparser level behind it (Decision.sparser; the manifest's prune_further_level)
     predicted_ms: float | None = None
     measured_p50_ms: float | None = None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,9 @@ from nas2deploy.architecture import Architecture
 from nas2deploy.data import load_dataset
 from nas2deploy.exporter import ExportContext, verify_parity
 from nas2deploy.materialize import materialize
-from nas2deploy.method import SearchContext, SearchData, SearchMethod, TaskSpec
+from nas2deploy.method import Decision, SearchContext, SearchData, SearchMethod, TaskSpec
 from nas2deploy.netspec import build_network, validate_spec
+from nas2deploy.space import SearchSpace
 from nas2deploy.target import Target
 from nas2deploy.train import train
 
@@ -161,28 +163,46 @@ def test_method_conformance(name, request, digits, tmp_path):
     assert isinstance(supernet, torch.nn.Module)
 
     space = method.space(supernet)
-    assert isinstance(space, dict)
+    assert isinstance(space, SearchSpace)
+    assert {"largest", "smallest"} <= set(space.capabilities)
     assert isinstance(space.get("name"), str) and space["name"]
     assert isinstance(space.get("fingerprint"), str) and space["fingerprint"]
-    json.dumps(space)
+    json.dumps(space.description)
     assert method.space(supernet)["fingerprint"] == space["fingerprint"]
+    assert isinstance(cls.default_search_epochs, int) and cls.default_search_epochs >= 1
 
-    for reference in (method.largest(supernet), method.smallest(supernet),
-                      *method.candidate_networks(supernet)):
+    for reference in (space.largest(), space.smallest(), *space.covering()):
         check_runs(reference, space, x)
+    if space.sample is not None:  # sampling reads the space, never the architecture parameters
+        before = state(supernet)
+        check_runs(space.draw(random.Random(0)), space, x)
+        assert all(torch.equal(before[k], v) for k, v in state(supernet).items())
 
     # One search epoch; decide, which must not train.
     ctx = SearchContext(data=digits["search"], epochs=1, seed=0, batch_size=16)
-    method.search(supernet, ctx)
+    searched = method.search(supernet, ctx)
     assert ctx.history and all(isinstance(row, dict) for row in ctx.history)
     before = state(supernet)
-    arch = method.decide(supernet)
+    decision = method.decide(supernet, searched)
     after = state(supernet)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before), "decide() changed the supernet"
+    assert isinstance(decision, Decision)
+    arch = decision.arch
     assert isinstance(arch, Architecture) and arch.method == name
-    assert method.decide(supernet).network == arch.network, \
+    assert method.decide(supernet, searched).arch.network == arch.network, \
         "decide() is not a function of the supernet"
+    assert set(decision.levers) <= {"resize", "sparser"}
+    assert Decision.from_json(json.loads(json.dumps(decision.to_json()))).arch.to_dict() \
+        == arch.to_dict()
+    # The levers own what they need: pulling them leaves the supernet as it was.
+    for lever, arg in (("resize", 0.9), ("sparser", 1)):
+        pulled = getattr(decision, lever)
+        if pulled is not None:
+            new = pulled(arg)
+            assert new is None or (isinstance(new, Decision) and new.arch.method == name)
+    assert all(torch.equal(after[k], v) for k, v in state(supernet).items()), \
+        "a lever changed the supernet"
 
     # The JSON is the whole decision.
     text = arch.to_json()
@@ -191,7 +211,7 @@ def test_method_conformance(name, request, digits, tmp_path):
     assert json.loads(text) == json.loads(back.to_json())
 
     # Materialize with the inherited weights; the JSON alone (no plugin) rebuilds the same net.
-    net = check_runs(arch, space, x, method.inherited_weights(supernet, arch))
+    net = check_runs(arch, space, x, decision.weights)
     rebuilt = build_network(back.network).eval()
     rebuilt.load_state_dict(net.state_dict())
     with torch.no_grad():

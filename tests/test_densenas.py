@@ -122,7 +122,7 @@ def test_expected_cost_of_a_one_hot_path_is_the_derived_nets_prediction():
     m = DenseNAS(TINY)
     net = m.build(TaskSpec(1, 16, 10))
     L = net.layout
-    large, small = materialize(m.largest(net)), materialize(m.smallest(net))
+    large, small = materialize(m.space(net).largest()), materialize(m.space(net).smallest())
     ex = large.example_input(1)
     lm = FlopsProxy([(count_macs(large, ex), 0.5), (count_macs(small, ex), 0.1)])
     table = CostTable.build(L, lm.op_cost, lm.base_ms)
@@ -233,7 +233,7 @@ def test_imagenet_space_counts_and_builds():
     assert len(net.heads) == 51 and len(net.layers) == 39  # α_head rows, α_stack rows
     assert net.beta.numel() == 54 and net.alpha_head.shape == (51, 6) and net.alpha_stack.shape == (39, 7)
     assert space["sizes"] == [56] + [28] * 3 + [14] * 6 + [7] * 6
-    large, small = m.largest(net), m.smallest(net)
+    large, small = m.space(net).largest(), m.space(net).smallest()
     assert len(large.decisions["path"]) == 18  # every block
     assert sum(macs(s) for s in signatures(small.network).values() if s.type != "head") < \
         sum(macs(s) for s in signatures(large.network).values() if s.type != "head")
@@ -253,15 +253,15 @@ def test_candidate_networks_hold_every_op_of_the_space():
         wanted |= {L.out_signature(e) for e in L.out_row}
         wanted |= {L.layer_signature(v, c) for v, rows in enumerate(L.layer_rows) if rows
                    for c in L.head_candidates}
-        archs = m.candidate_networks(net)
+        archs = m.space(net).covering()
         have = {s for a in archs for s in signatures(a.network).values()}
         assert wanted <= have, sorted(s.key() for s in wanted - have)[:5]
         covered = {e for a in archs for e in path_edges(L.graph, a.decisions["path"])}
         assert covered == set(range(len(L.graph.edges)))
         rng = random.Random(0)
         for _ in range(5):
-            arch = m.sample(net, rng)
-            materialize(arch, m.inherited_weights(net, arch))
+            arch = m.space(net).draw(rng)
+            materialize(arch, m.space(net).weights(arch))
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,14 +283,14 @@ def test_inherited_weights_reproduce_the_supernet_path():
                     mod.running_var.uniform_(0.5, 2)
             net.alpha_stack[:, L.skip_index] = 5.0  # one layer skipped, one not
             net.alpha_stack[0, L.skip_index] = -5.0
-        arch = m.decide(net)
+        arch = m.decide(net).arch
         choice = viterbi_choice(L, net.transition_probs(), net.alpha_head, net.alpha_stack)
         assert choice.path == arch.decisions["path"]
         on = set(path_edges(L.graph, choice.path))
         # Weight 1 on the path's edges and 0 elsewhere (β alone cannot do that: a block with one
         # outgoing edge always sends all its mass along it, on the path or not).
         p = torch.tensor([1.0 if e in on else 0.0 for e in range(len(L.graph.edges))])
-        sub = materialize(arch, m.inherited_weights(net, arch)).eval()
+        sub = materialize(arch, m.space(net).weights(arch)).eval()
         net.eval()
         heads = [([int(choice.head_ops.get(e, 0))], None) for e in sorted(L.head_row, key=L.head_row.get)]
         stacks = [([int(a.argmax())], None) for a in net.alpha_stack]
@@ -336,17 +336,17 @@ def test_search_records_history_and_top_epochs():
     ctx = SearchContext(SearchData(x[:16], y[:16], x[16:32], y[16:32], x[32:], y[32:]), epochs=4,
                         seed=0, batch_size=8)
     before = net.alpha_head.detach().clone()
-    m.search(net, ctx)
+    searched = m.search(net, ctx)
     assert [r["epoch"] for r in ctx.history] == [1, 2, 3, 4]
     assert [r["phase"] for r in ctx.history] == ["warmup", "search", "search", "search"]
     assert all({"loss", "val_acc", "expected_mmacs", "derived_mmacs", "path"} <= set(r) for r in ctx.history)
     assert not torch.equal(before, net.alpha_head.detach())
-    arch = m.decide(net)
+    arch = m.decide(net, searched).arch
     assert 1 <= len(arch.decisions["top"]) <= 2
     assert arch.decisions["path"] == arch.decisions["top"][0]["path"]
     tops = [t["val_acc"] for t in arch.decisions["top"]]
     assert tops == sorted(tops, reverse=True)
-    materialize(arch, m.inherited_weights(net, arch))
+    materialize(arch, m.space(net).weights(arch))
 
 
 # ------------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def test_closure_equals_bfs_reachability():
     checked = 0
     for trial in range(150):
         _random_lambdas(net, rng, p_zero=rng.uniform(0.2, 0.85))
-        arch = method.decide(net)
+        arch = method.decide(net).arch
         for unit in net.units:
             if not isinstance(unit, NormalBlock):
                 continue
@@ -223,12 +223,12 @@ def test_derived_net_with_kept_scales_equals_pruned_supernet(seed):
     # in the supernet, pitfall 2) and no reduction needed the guard.
     for _ in range(100):
         _random_lambdas(net, rng, p_zero=0.6)
-        arch = method.decide(net)
+        arch = method.decide(net).arch
         if not any(b["empty"] for b in arch.decisions["blocks"].values()) and not arch.decisions["guards"]:
             break
     assert not any(b["empty"] for b in arch.decisions["blocks"].values()) and not arch.decisions["guards"]
     assert arch.decisions["alive_edges"] < arch.decisions["total_edges"]
-    sub = materialize(arch, method.inherited_weights(net, arch))
+    sub = materialize(arch, method.space(net).weights(arch))
     zero_dead_edges(net)
     net, sub = net.double().eval(), sub.double().eval()
     x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
@@ -243,16 +243,16 @@ def test_derived_net_with_kept_scales_equals_pruned_supernet(seed):
 def test_largest_equals_supernet_at_init_and_plain_sums_without_scales():
     method, net = tiny()
     _randomize_weights_and_stats(net, 0)
-    largest = method.largest(net)
+    largest = method.space(net).largest()
     assert largest.decisions["alive_edges"] == largest.decisions["total_edges"]
-    sub = materialize(largest, method.inherited_weights(net, largest)).double().eval()
+    sub = materialize(largest, method.space(net).weights(largest)).double().eval()
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         assert float((net.double().eval()(x) - sub(x)).abs().max()) < 1e-6
     _random_lambdas(net.float(), np.random.default_rng(5), p_zero=0.3)
-    plain = DSONAS({**TINY, "keep_scales": False}).decide(net)
+    plain = DSONAS({**TINY, "keep_scales": False}).decide(net).arch
     assert not any("coeffs" in n for n in plain.network["nodes"])
-    scaled = method.decide(net)
+    scaled = method.decide(net).arch
     assert any("coeffs" in n for n in scaled.network["nodes"])
 
 
@@ -262,12 +262,12 @@ def test_empty_normal_block_is_its_shortcut():
         for unit in net.units:
             if isinstance(unit, NormalBlock) and unit.unit.name == "s1b2":
                 unit.lam_out.zero_()
-    arch = method.decide(net)
+    arch = method.decide(net).arch
     assert arch.decisions["blocks"]["s1b2"]["empty"]
     assert not any(n["id"].startswith("s1b2") for n in arch.network["nodes"])
     head = next(n for n in arch.network["nodes"] if n["id"] == "head")
     assert head["inputs"] == ["s1b1_add"]
-    smallest = method.smallest(net)
+    smallest = method.space(net).smallest()
     ops = {n["op"] for n in smallest.network["nodes"]}
     assert "sep" not in ops and "pool" not in ops
     materialize(smallest)(torch.randn(2, 1, 8, 8))
@@ -347,15 +347,15 @@ def test_empty_reduction_block_is_guarded():
         for unit in net.units:
             if isinstance(unit, ReductionBlock):
                 unit.lam.zero_()
-    arch = method.decide(net)
+    arch = method.decide(net).arch
     red = arch.decisions["reductions"]["r1"]
     assert red["kept"] == ["conv3x3"] and red["guard"]
     assert arch.decisions["guards"] == [red["guard"]]
     ids = {n["id"] for n in arch.network["nodes"]}
     assert "r1_c3" in ids and "r1_c1" not in ids
-    out = materialize(arch, method.inherited_weights(net, arch))(torch.randn(2, 1, 8, 8))
+    out = materialize(arch, method.space(net).weights(arch))(torch.randn(2, 1, 8, 8))
     assert out.shape == (2, 2)
-    smallest = method.smallest(net)
+    smallest = method.space(net).smallest()
     assert smallest.decisions["reductions"]["r1"]["kept"] == ["conv1x1"]
 
 
@@ -384,11 +384,11 @@ def test_config_defaults():
 def test_architecture_round_trips_and_rebuilds_without_the_plugin(tmp_path):
     method, net = tiny(stages=2)
     _random_lambdas(net, np.random.default_rng(3), p_zero=0.5)
-    arch = method.decide(net)
+    arch = method.decide(net).arch
     again = Architecture.from_json(arch.to_json())
     assert again.to_dict() == arch.to_dict()
     validate_spec(again.network)
-    sub = materialize(arch, method.inherited_weights(net, arch)).eval()
+    sub = materialize(arch, method.space(net).weights(arch)).eval()
     x = torch.randn(2, 1, 8, 8)
     path = tmp_path / "arch.json"
     arch.save(path)
@@ -447,8 +447,8 @@ def test_search_records_history_and_is_deterministic():
                 assert key in row
             assert 0.0 <= row["val_acc"] <= 1.0
         assert len(bars) == 3 and all(b.closed and b.n == b.total == 6 for b in bars)
-        assert ctx.history[-1]["predicted_ms"] == float(len(method.decide(net).network["nodes"]))
-        arch = method.decide(net)
+        assert ctx.history[-1]["predicted_ms"] == float(len(method.decide(net).arch.network["nodes"]))
+        arch = method.decide(net).arch
         assert arch.seed == 0 and arch.space["fingerprint"] == method.space(net)["fingerprint"]
         json.dumps(arch.to_dict())
     assert all(torch.equal(a, b) for a, b in zip(*results))
@@ -460,9 +460,9 @@ def test_space_fingerprint_tracks_space_fields_only():
     m3, n3 = tiny(base_width=4)
     assert m1.space(n1)["fingerprint"] == m2.space(n2)["fingerprint"]
     assert m1.space(n1)["fingerprint"] != m3.space(n3)["fingerprint"]
-    arch = m3.decide(n3)
+    arch = m3.decide(n3).arch
     with pytest.raises(UsageError):
-        m1.inherited_weights(n1, arch)
+        m1.space(n1).weights(arch)
 
 
 def test_registered_through_the_entry_point():
@@ -480,7 +480,7 @@ def test_sample_gives_varied_valid_subnets_without_touching_the_supernet():
     rng = random.Random(0)
     sizes = set()
     for _ in range(10):
-        arch = method.sample(net, rng)
+        arch = method.space(net).draw(rng)
         validate_spec(arch.network)
         assert arch.space["fingerprint"] == method.space(net)["fingerprint"]
         sizes.add(len(arch.network["nodes"]))
@@ -489,18 +489,24 @@ def test_sample_gives_varied_valid_subnets_without_touching_the_supernet():
     assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
 
 
-def test_prune_further_removes_the_weakest_edges_level_by_level():
+def test_sparser_lever_removes_the_weakest_edges_level_by_level():
     method, net = tiny()
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in net.arch_parameters():
             p.copy_(torch.rand(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > 0.3))
     before = [p.detach().clone() for p in net.arch_parameters()]
-    decided = method.decide(net)
+    decision = method.decide(net)
+    decided = decision.arch
     sizes, macs_prev = [len(decided.network["nodes"])], None
     level = 1
-    while (a := method.prune_further(net, level)) is not None:
+    while (d := decision.sparser(level)) is not None:
+        a = d.arch
         assert a.space == decided.space and f"level {level}" in a.decisions["note"]
+        # the lever's snapshot of the decided weights holds the sparser net's
+        want = method.space(net).weights(a)
+        assert d.weights.keys() == want.keys()
+        assert all(torch.equal(d.weights[k], v) for k, v in want.items())
         g = materialize(a)
         assert g(torch.randn(2, 1, 8, 8)).shape == (2, 2)
         sizes.append(len(a.network["nodes"]))
@@ -516,4 +522,4 @@ def test_prune_further_removes_the_weakest_edges_level_by_level():
             if isinstance(blk, NormalBlock):
                 for t in [*blk.lam_in, blk.lam_out]:
                     t.zero_()
-    assert method.prune_further(net, 1) is None
+    assert method.decide(net).sparser(1) is None

@@ -31,8 +31,9 @@ from nas2deploy.latency.collect import (build_table, check_target, collect_signa
 from nas2deploy.latency.grid import WidthGrid, network_signatures, op_spec
 from nas2deploy.latency.make import build_table_cli, make_latency_model
 from nas2deploy.latency.table import FORMAT, VERSION, LatencyTable, LUTModel
-from nas2deploy.method import SearchMethod, TaskSpec
+from nas2deploy.method import Decision, SearchMethod, TaskSpec
 from nas2deploy.netspec import OpSignature
+from nas2deploy.space import SearchSpace
 from nas2deploy.target import Target
 from nas2deploy_exporters.to_onnx import OnnxExporter
 from nas2deploy_exporters.to_openvino import OpenVINOExporter
@@ -66,10 +67,19 @@ class TinyChain(SearchMethod):
     def build(self, task: TaskSpec) -> TinySupernet:
         return TinySupernet(task)
 
-    def space(self, supernet) -> dict:
+    def describe(self, supernet) -> dict:
         t = supernet.task
         defining = {"tinychain": 1, "task": [t.input_channels, t.input_size, t.num_classes]}
         return {"name": self.name, "fingerprint": fingerprint(defining)}
+
+    def space(self, supernet) -> SearchSpace:
+        return SearchSpace(
+            self.describe(supernet),
+            largest=lambda: self.arch(supernet, sep=5, mb=5),
+            smallest=lambda: self.arch(supernet, sep=None, mb=None),
+            cover=lambda: [self.arch(supernet, sep=k, mb=k) for k in (3, 5)],
+            sample=lambda rng: self.arch(supernet, sep=rng.choice([None, 3, 5]),
+                                         mb=rng.choice([None, 3, 5])))
 
     def arch(self, supernet, *, sep: int | None, mb: int | None) -> Architecture:
         t = supernet.task
@@ -90,26 +100,14 @@ class TinyChain(SearchMethod):
                    "num_classes": t.num_classes}]
         net = {"input": {"channels": t.input_channels, "size": [t.input_size, t.input_size]},
                "num_classes": t.num_classes, "nodes": nodes, "output": "head"}
-        return Architecture(method=self.name, network=net, space=self.space(supernet),
+        return Architecture(method=self.name, network=net, space=self.describe(supernet),
                             decisions={"sep": sep, "mb": mb})
-
-    def largest(self, supernet):
-        return self.arch(supernet, sep=5, mb=5)
-
-    def smallest(self, supernet):
-        return self.arch(supernet, sep=None, mb=None)
-
-    def candidate_networks(self, supernet):
-        return [self.arch(supernet, sep=k, mb=k) for k in (3, 5)]
-
-    def sample(self, supernet, rng: random.Random):
-        return self.arch(supernet, sep=rng.choice([None, 3, 5]), mb=rng.choice([None, 3, 5]))
 
     def search(self, supernet, ctx):
         pass
 
-    def decide(self, supernet):
-        return self.largest(supernet)
+    def decide(self, supernet, searched=None):
+        return Decision(self.space(supernet).largest())
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -170,7 +168,7 @@ def _expected_keys(method, supernet, grid) -> set[str]:
     from nas2deploy.materialize import materialize, scale_width
 
     keys = set()
-    for arch in method.candidate_networks(supernet):
+    for arch in method.space(supernet).covering():
         net = materialize(arch)
         for m in grid:
             scaled = net if m == 1.0 else scale_width(net, m)
@@ -224,10 +222,10 @@ def test_progress_and_collect_dense_grid(tiny):
     rec = Recorder()
     grid = WidthGrid(min_width=0.5)
     sigs = collect_signatures(method, supernet, grid, progress=rec)
-    dense = grid.resolve(method.candidate_networks(supernet))
+    dense = grid.resolve(method.space(supernet).covering())
     # widest prunable channel count is the mbconv's mid (16): multipliers k/16 for k = 8..16
     assert dense == tuple(round(k / 16, 6) for k in range(8, 17))
-    assert WidthGrid().resolve(method.candidate_networks(supernet))[0] == 0.25
+    assert WidthGrid().resolve(method.space(supernet).covering())[0] == 0.25
     # sums only at the dense points nearest the coarse grid (0.5, 0.625, ..., 1.0)
     assert grid.sum_points(dense) == {0.5, 0.625, 0.75, 0.875, 1.0}
     wsum_ch = {s.c_in for s in sigs.values() if s.type == "wsum"}
@@ -253,7 +251,7 @@ def test_json_round_trip(tiny, ort_table, tmp_path):
     back = LatencyTable.load(path, space_fingerprint=method.space(supernet)["fingerprint"],
                              target=Target("onnxruntime"))
     assert back.entries == ort_table.entries and back.meta == ort_table.meta
-    spec = method.sample(supernet, random.Random(3)).network
+    spec = method.space(supernet).draw(random.Random(3)).network
     assert LUTModel(back).predict(spec) == LUTModel(ort_table).predict(spec)
 
 
@@ -361,7 +359,7 @@ def test_sums_interpolate_in_channels_then_inputs():
 
 def test_weighted_sums_are_their_own_type(tiny):
     method, supernet = tiny
-    sigs = network_signatures(method.largest(supernet).network)
+    sigs = network_signatures(method.space(supernet).largest().network)
     assert sigs["add"].type == "wsum" and sigs["add"].mid == 2
     spec = op_spec(sigs["add"])
     coeffs = spec["nodes"][0]["coeffs"]
@@ -376,7 +374,7 @@ def test_weighted_sums_are_their_own_type(tiny):
 def test_lut_model_sums_entries(tiny, ort_table):
     method, supernet = tiny
     model = LUTModel(ort_table)
-    spec = method.largest(supernet).network
+    spec = method.space(supernet).largest().network
     sigs = network_signatures(spec)
     expected = ort_table.overhead_ms + sum(ort_table.ms(s) for s in sigs.values())
     assert model.predict(spec) == pytest.approx(expected)
@@ -498,7 +496,7 @@ def test_make_latency_model_calibrated_is_cached(tiny, ort_table, monkeypatch, t
     model = make_latency_model("calibrated", **kw)
     assert isinstance(model, CalibratedLUT) and measured == [8]
     assert model.fit["mape_pct"] < 1e-6
-    spec = method.largest(supernet).network
+    spec = method.space(supernet).largest().network
     assert model.predict(spec) == pytest.approx(1.3 * LUTModel(ort_table).predict(spec) + 0.002)
     again = make_latency_model("calibrated", **kw)
     assert measured == [8] and again.fit == model.fit

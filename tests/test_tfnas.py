@@ -20,8 +20,9 @@ from nas2deploy.method import SearchContext, SearchData, TaskSpec
 from nas2deploy.netspec import signatures
 from nas2deploy_plugins.tfnas import OP_NAMES, TFNAS, TFNASConfig
 from nas2deploy_plugins.tfnas.elastic import elastic_scale
-from nas2deploy_plugins.tfnas.search import (Searcher, elastic_step, gumbel_argmax, random_other,
-                                             run_search, soft_gumbel, split_epochs, temperature)
+from nas2deploy_plugins.tfnas.search import (Searched, Searcher, elastic_step, gumbel_argmax,
+                                             random_other, run_search, soft_gumbel, split_epochs,
+                                             temperature)
 from nas2deploy_plugins.tfnas.space import ElasticMBConv, make_layout
 
 TINY = {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2,
@@ -101,10 +102,10 @@ def test_imagenet_configuration_builds():
     assert b.se_channels(OP_NAMES.index("k5_e6")) == 0
     space = method.space(net)
     assert space["fingerprint"] and space["choice_points"] == {"OpChoice": 18, "DepthSink": 6, "Width": 18}
-    small = method.smallest(net)
+    small = method.space(net).smallest()
     sub = materialize(small)
     assert sub(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
-    large = method.largest(net)
+    large = method.space(net).largest()
     assert sum(n["op"] == "mbconv" for n in large.network["nodes"]) == 19  # 18 + the stem block
 
 
@@ -113,7 +114,7 @@ def test_space_has_no_skip_op_and_largest_smallest():
     assert len(OP_NAMES) == 8 and not any("skip" in o or "id" in o for o in OP_NAMES)
     for blk in net.blocks():
         assert len(blk.ops) == 8 and all(isinstance(o, ElasticMBConv) for o in blk.ops)
-    large, small = method.largest(net), method.smallest(net)
+    large, small = method.space(net).largest(), method.space(net).smallest()
     lb, sb = block_nodes(large.network), block_nodes(small.network)
     assert len(lb) == 5 and len(sb) == 3
     assert all(n["k"] == 5 and n["se"] > 0 and n["mid"] == 8 * n["c_in"] for n in lb)
@@ -287,7 +288,7 @@ def test_one_hot_beta_truncates_the_stage():
             for b, d in zip(net.betas, depths):
                 b.zero_()
                 b[d - 1] = 5.0
-        arch = method.decide(net)
+        arch = method.decide(net).arch
         kept = [n["id"] for n in block_nodes(arch.network)]
         assert kept == [f"s{s + 1}_b{k + 1}" for s, d in enumerate(depths) for k in range(d)]
 
@@ -377,8 +378,8 @@ def test_materialized_net_equals_the_parsed_supernet():
     with torch.no_grad():  # give the BN running statistics something to carry over
         for _ in range(3):
             net(torch.randn(16, 1, 16, 16), weights=torch.full((len(net.layout.blocks), 8), 1 / 8))
-    arch = method.decide(net)
-    weights = method.inherited_weights(net, arch)
+    arch = method.decide(net).arch
+    weights = method.space(net).weights(arch)
     sub = materialize(arch, weights).eval()
     assert set(weights) == set(sub.state_dict())
     net.eval()
@@ -420,7 +421,7 @@ def search_setup(method, net, at: float):
     x, y = _synthetic_data()
     data = SearchData(x[:48], y[:48], x[48:80], y[48:80], x[80:], y[80:])
     lut = SynthLUT()
-    big, small = lut.predict(method.largest(net).network), lut.predict(method.smallest(net).network)
+    big, small = lut.predict(method.space(net).largest().network), lut.predict(method.space(net).smallest().network)
     return data, lut, small + at * (big - small)
 
 
@@ -439,7 +440,7 @@ def test_search_history_and_target():
 
     ctx = SearchContext(data=data, epochs=3, seed=0, batch_size=16, budget_ms=budget,
                         latency_model=lut, progress=Bar)
-    run_search(method, net, ctx)
+    searched = run_search(method, net, ctx)
     assert bars and bars[0][0] == 9
     assert [r["epoch"] for r in ctx.history] == [1, 2, 3]
     assert [r["phase"] for r in ctx.history] == ["warmup", "search", "search"]
@@ -447,7 +448,7 @@ def test_search_history_and_target():
         for key in ("loss", "val_acc", "predicted_ms", "temperature"):
             assert math.isfinite(r[key])
     target = 0.95 * budget
-    arch = method.decide(net)
+    arch = method.decide(net, searched).arch
     assert arch.decisions["target_ms"] == pytest.approx(target)
     assert ctx.history[-1]["predicted_ms"] == pytest.approx(arch.metadata["predicted_ms"])
     assert arch.metadata["predicted_ms"] == pytest.approx(lut.predict(arch.network))
@@ -506,7 +507,7 @@ def test_registered_and_macs_fallback_without_latency_model():
 
 def test_candidate_networks_cover_every_op_and_sample_is_valid():
     method, net = tiny()
-    archs = method.candidate_networks(net)
+    archs = method.space(net).covering()
     assert len(archs) == 8
     have = {s for a in archs for s in signatures(a.network).values()}
     wanted = set(net.layout.fixed_signatures())
@@ -517,7 +518,7 @@ def test_candidate_networks_cover_every_op_and_sample_is_valid():
     rng = random.Random(0)
     shapes = set()
     for _ in range(8):
-        arch = method.sample(net, rng)
+        arch = method.space(net).draw(rng)
         assert arch.space["fingerprint"] == method.space(net)["fingerprint"]
         shapes.add(tuple(n.get("mid", 0) for n in block_nodes(arch.network)))
         assert materialize(arch)(torch.randn(1, 1, 16, 16)).shape == (1, 4)
@@ -543,8 +544,8 @@ def test_measured_landing_corrects_a_biased_estimate(landing):
 
     ctx = SearchContext(data=data, epochs=3, seed=0, batch_size=16, budget_ms=budget,
                         latency_model=lut, measure=measure)
-    run_search(method, net, ctx)
-    arch = method.decide(net)
+    searched = run_search(method, net, ctx)
+    arch = method.decide(net, searched).arch
     target = 0.95 * budget
     measured = 0.8 * lut.predict(arch.network)
     if not landing:
@@ -614,14 +615,14 @@ def test_cost_table_follows_a_refitted_flops_proxy():
 
     method, net = tiny()
     anchors = []
-    for arch, ms in ((method.largest(net), 0.4), (method.smallest(net), 0.1)):
+    for arch, ms in ((method.space(net).largest(), 0.4), (method.space(net).smallest(), 0.1)):
         n = build_network(arch.network)
         anchors.append((count_macs(n, n.example_input(1)), count_layers(n), ms))
     proxy = FlopsProxy(anchors)
     table = method.cost_table(net, proxy)
     lo, _, hi = net.layout.blocks[0].mid_range(0)
     before, fixed = table.cost(0, 0, hi), table.fixed_ms
-    proxy.observe(method.sample(net, random.Random(0)).network, 0.35)
+    proxy.observe(method.space(net).draw(random.Random(0)).network, 0.35)
     after = table.cost(0, 0, hi)
     assert after == pytest.approx(proxy.op_cost(net.layout.blocks[0].signature(0, hi)))
     assert (after, table.fixed_ms) != (before, fixed)
@@ -651,7 +652,7 @@ def test_landing_grows_the_depth_when_no_width_reaches_the_target():
     depths = net.parsed_depths()
     assert depths[1] == 2 and sum(depths) > 3
     assert abs(landing.last_ms / target - 1) <= 0.02
-    assert method.decide(net).decisions["blocks"]  # the grown architecture derives
+    assert method.decide(net).arch.decisions["blocks"]  # the grown architecture derives
 
 
 def test_landing_aims_by_the_secant_once_the_target_is_bracketed():
@@ -664,43 +665,48 @@ def test_landing_aims_by_the_secant_once_the_target_is_bracketed():
 
 
 def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
-    """``resize`` (the pipeline's lever at full width) starts from the architecture it is given,
-    not from wherever the supernet was left, and lands the estimate just under factor × its
+    """``resize`` (the decision's lever at full width) starts from the architecture it belongs
+    to, not from wherever the supernet was left, and lands the estimate just under factor × its
     estimate, in both directions; past the max (min) widths the depth grows (shrinks) first."""
     method, net, op = pinned("k3_e6", exit=0)
     lut = SynthLUT()
-    net.cost_table = table = method.cost_table(net, lut)
+    table = method.cost_table(net, lut)
     for block in net.blocks():  # mid widths halfway, so both directions have room
         block.ops[op].set_width((block.ops[op].mid_min + block.ops[op].mid_max) // 2)
-    arch = method.decide(net)
+    decision = method.decide(net, Searched(table))
+    arch = decision.arch
     est = arch.metadata["predicted_ms"]
 
-    smaller = method.resize(net, arch, 0.9)
+    smaller = decision.resize(0.9).arch
     assert smaller is not None and smaller.network != arch.network
     assert 0.9 * est * 0.97 <= smaller.metadata["predicted_ms"] <= 0.9 * est
-    for block in net.blocks():  # the supernet moved: resize must restore ``arch`` first
+    for block in net.blocks():  # the supernet moved: the lever must not care
         block.ops[op].set_width(block.ops[op].mid_min)
-    larger = method.resize(net, arch, 1.08)
+    larger = decision.resize(1.08).arch
     assert larger is not None
     assert est < larger.metadata["predicted_ms"] <= 1.08 * est
     assert larger.decisions["depths"] == arch.decisions["depths"]
 
     at_max = table.parsed(net.parsed_ops(), arch.decisions["depths"],
                           [b.ops[op].mid_max for b in net.blocks()])
-    deeper = method.resize(net, arch, 1.05 * at_max / est)
+    deeper_decision = decision.resize(1.05 * at_max / est)
+    deeper = deeper_decision.arch
     assert sum(deeper.decisions["depths"]) > sum(arch.decisions["depths"])
-    assert method.inherited_weights(net, deeper)  # the re-sized architecture inherits weights
+    assert deeper_decision.weights  # the re-sized architecture inherits weights
+    sub = materialize(deeper, deeper_decision.weights)  # they fit the re-sized network
+    assert set(deeper_decision.weights) <= set(sub.state_dict())
 
     _, deep, op = pinned("k3_e6", exit=0)
     with torch.no_grad():
         for b in deep.betas:  # every stage at full depth
             b[-1] = 10.0
-    deep.cost_table = method.cost_table(deep, lut)
-    full = method.decide(deep)
-    at_min = deep.cost_table.parsed(deep.parsed_ops(), full.decisions["depths"],
-                                    [b.ops[op].mid_min for b in deep.blocks()])
+    deep_table = method.cost_table(deep, lut)
+    full_decision = method.decide(deep, Searched(deep_table))
+    full = full_decision.arch
+    at_min = deep_table.parsed(deep.parsed_ops(), full.decisions["depths"],
+                               [b.ops[op].mid_min for b in deep.blocks()])
     aim = 0.97 * at_min
-    shallower = method.resize(deep, full, aim / full.metadata["predicted_ms"])
+    shallower = full_decision.resize(aim / full.metadata["predicted_ms"]).arch
     assert sum(shallower.decisions["depths"]) < sum(full.decisions["depths"])
     assert shallower.metadata["predicted_ms"] <= aim * (1 + 1e-9)
 
@@ -711,10 +717,10 @@ def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
             b[-1] = 10.0
     for block in deep.blocks():
         block.ops[op].set_width(block.ops[op].mid_max)
-    deep.cost_table = method.cost_table(deep, lut)
-    at_max = method.decide(deep)
+    max_decision = method.decide(deep, Searched(method.cost_table(deep, lut)))
+    at_max = max_decision.arch
     assert at_max.decisions["depths"] == [len(b) for b in deep.betas]
-    upgraded = method.resize(deep, at_max, 1.1)
+    upgraded = max_decision.resize(1.1).arch
     assert upgraded is not None and upgraded.decisions["depths"] == at_max.decisions["depths"]
     pairs = zip(at_max.decisions["blocks"], upgraded.decisions["blocks"])
     changed = [(a["op"], b["op"]) for a, b in pairs if a["op"] != b["op"]]
@@ -724,6 +730,6 @@ def test_resize_re_lands_the_decided_architecture_at_a_factor_of_its_estimate():
 
     other, _ = tiny(stem_channels=16)
     with pytest.raises(UsageError, match="another space"):
-        method.resize(net, other.smallest(other.build(TINY_TASK)), 1.1)
+        method.space(net).weights(other.space(other.build(TINY_TASK)).smallest())
     method2, fresh = tiny()
-    assert method2.resize(fresh, method2.decide(fresh), 1.2) is None  # no search, no table
+    assert method2.decide(fresh).resize is None  # no search, no table: no lever

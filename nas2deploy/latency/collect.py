@@ -58,12 +58,12 @@ from .table import INTERPOLATION, VERSION, LatencyTable
 
 def collect_signatures(method, supernet: nn.Module, grid: "WidthGrid | Sequence[float] | str" = "dense",
                        *, progress: Progress | None = None) -> dict[str, OpSignature]:
-    """Every distinct signature of ``method.candidate_networks(supernet)``, each network scaled
+    """Every distinct signature of the space's cover (``SearchSpace.covering``), each network scaled
     with ``scale_width`` at every multiplier of ``grid`` (see ``WidthGrid``); every sum also as
     ``wsum`` and vice versa."""
-    archs = method.candidate_networks(supernet)
+    archs = method.space(supernet).covering()
     if not archs:
-        raise UsageError(f"method {method.name!r} returned no candidate networks")
+        raise UsageError(f"method {method.name!r}: its space's cover holds no networks")
     grid = as_grid(grid)
     multipliers = grid.resolve(archs)
     sum_points = grid.sum_points(multipliers)
@@ -220,7 +220,7 @@ def build_table(method, supernet: nn.Module, target: Target, *, input_size: int,
     t_start = time.perf_counter()
     check_target(target)
     space = method.space(supernet)
-    archs = method.candidate_networks(supernet)
+    archs = space.covering()
     multipliers = grid.resolve(archs)
     sigs = _collect_cached(method, supernet, space, grid, progress)
     collect_s = time.perf_counter() - t_start
@@ -302,35 +302,6 @@ def _loadavg() -> float | None:
         return None
 
 
-def sample_architecture(method, supernet: nn.Module, rng: random.Random):
-    """``method.sample(supernet, rng)``; for a method without one, random architecture
-    parameters (each zeroed with a random probability, else uniform in (0.2, 1)) fed to
-    ``method.decide`` — a stand-in until every method samples for itself."""
-    try:
-        return method.sample(supernet, rng)
-    except NotImplementedError:
-        pass
-    params_fn = getattr(supernet, "arch_parameters", None)
-    if params_fn is None:
-        raise UsageError(f"method {method.name!r} cannot sample random subnets (no sample() and "
-                         f"no arch_parameters())")
-    params = list(params_fn())
-    saved = [p.detach().clone() for p in params]
-    keep = rng.uniform(0.15, 0.9)
-    gen = torch.Generator().manual_seed(rng.getrandbits(31))
-    try:
-        with torch.no_grad():
-            for p in params:
-                vals = 0.2 + 0.8 * torch.rand(p.shape, generator=gen)
-                mask = torch.rand(p.shape, generator=gen) < keep
-                p.copy_(torch.where(mask, vals, torch.zeros_like(vals)))
-        return method.decide(supernet)
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
-
-
 @dataclass
 class Subnet:
     arch: Any  # Architecture
@@ -345,14 +316,15 @@ class Subnet:
 def sample_subnets(method, supernet: nn.Module, n: int, *, seed: int,
                    widths: tuple[float, float] = (0.25, 1.0),
                    progress: Progress | None = None, desc: str = "sample subnets") -> list[Subnet]:
-    """``n`` random subnets: ``method.sample`` (see ``sample_architecture``), then
+    """``n`` random subnets: the space's ``sample`` (a clear error where it has none), then
     ``scale_width`` at a multiplier uniform in ``widths``."""
+    space = method.space(supernet)
     rng = random.Random(seed)
     out = []
     bar = open_bar(progress, n, desc)
     try:
         for _ in range(n):
-            arch = sample_architecture(method, supernet, rng)
+            arch = space.draw(rng)
             w = round(rng.uniform(*widths), 3)
             torch.manual_seed(rng.getrandbits(31))
             out.append(Subnet(arch, w, scale_width(materialize(arch), w)))

@@ -1,7 +1,7 @@
 """What a latency table is measured at: the op signatures a space produces, and the widths.
 
 A table holds, for every distinct ``OpSignature`` the space can produce (the ops of
-``method.candidate_networks()`` at their real input shapes, each also width-scaled with
+the space's cover (``SearchSpace.covering``) at their real input shapes, each also width-scaled with
 ``materialize.scale_width`` at a grid of multipliers), the time that op takes in the target
 runtime. Sums with coefficients (DSO-NAS keeps its surviving λ as constant coefficients) run a
 Mul per input besides the Adds, so they are timed as their own type ``wsum`` (see

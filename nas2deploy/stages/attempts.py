@@ -39,14 +39,14 @@ def final_attempts(run: RunState, budget: Budget, aim: Aim, sizing: Sizing, tmp:
     """Up to ``FINAL_ATTEMPTS`` attempts under ``tmp``; the attempt kept. Appends each verdict
     to ``sizing.rounds``."""
     cfg, target, log, rounds = run.cfg, run.target, run.log, sizing.rounds
-    arch, base, subnet, width, resized = (sizing.arch, sizing.base, sizing.subnet, sizing.width,
-                                          sizing.resized)
+    decision, base, subnet, width, resized = (sizing.decision, sizing.base, sizing.subnet,
+                                              sizing.width, sizing.resized)
     run.timings["retrain_s"] = run.timings["export_s"] = 0.0
     calibration = (run.ds.x_train[: cfg.calibration_samples] if target.precision == "int8"
                    else None)
     kept: Exported | None = None
     for attempt in range(1, FINAL_ATTEMPTS + 1):
-        rec, xctx = retrain_and_export(run, aim, subnet, arch, width, resized, attempt, tmp,
+        rec, xctx = retrain_and_export(run, aim, subnet, decision.arch, width, resized, attempt, tmp,
                                        history, calibration)
         this = Exported(rec, subnet, xctx)
         if run.remote is not None:
@@ -75,10 +75,10 @@ def final_attempts(run: RunState, budget: Budget, aim: Aim, sizing: Sizing, tmp:
         if attempt == FINAL_ATTEMPTS or (within and not low):
             break
         if width >= 1.0:  # the method's own lever first, as in the rounds
-            new = resize(run, aim, arch, v.beside_p50_ms)
+            new = resize(run, aim, decision, v.beside_p50_ms)
             if new is not None:
                 resized += 1
-                arch, base = new, run.materialize_decided(new)
+                decision, base = new, run.materialize_decided(new)
                 aim.forget()
                 subnet = run.scaled(base, 1.0)
                 continue

@@ -21,8 +21,8 @@ def measure_budget(run: RunState, side_factory: Callable[..., Any]) -> Budget:
     ``side_factory``) and ``run.lat_model``; returns the budget."""
     cfg, target, method, supernet, log = run.cfg, run.target, run.method, run.supernet, run.log
     t = time.perf_counter()
-    largest = materialize(method.largest(supernet))
-    smallest = run.scaled(materialize(method.smallest(supernet)), cfg.min_width)
+    largest = materialize(run.space.largest())
+    smallest = run.scaled(materialize(run.space.smallest()), cfg.min_width)
     run.example = example = largest.example_input(1)
     anchors = None
     if run.remote is None:
@@ -33,7 +33,7 @@ def measure_budget(run: RunState, side_factory: Callable[..., Any]) -> Budget:
         small_ms = side.measure(smallest).p50_ms
         # the smallest at full width too: with the same layers as the smallest, it separates the
         # cost per MAC from the cost per layer in the FLOPs proxy
-        small_full = materialize(method.smallest(supernet))
+        small_full = materialize(run.space.smallest())
         anchors = [(count_macs(n, example), count_layers(n), ms) for n, ms in (
             (largest, large_ms), (smallest, small_ms), (small_full, side.measure(small_full).p50_ms))]
         how = "measured p50"

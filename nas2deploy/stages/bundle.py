@@ -18,12 +18,12 @@ from ..runtime import artifact_loader, exporter_for_runtime
 from ..train import accuracy
 from .attempts import Exported
 from .export import runtime_top1 as measure_runtime_top1
-from .search import Decision
+from .search import SearchResult
 from .size import Aim, Sizing
 from .state import RunState
 
 
-def write_bundle(run: RunState, budget: Budget, aim: Aim, decision: Decision, sizing: Sizing,
+def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult, sizing: Sizing,
                  kept: Exported, tmp: Path, history_retrain: list[dict[str, Any]],
                  t_all: float) -> dict[str, Any]:
     """Writes the bundle into ``tmp`` (the staged folder the caller commits); the manifest."""
@@ -72,12 +72,12 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, decision: Decision, si
             files[f"{art.format}_{key}" if key != "model" else art.format] = rel
     run.timings["total_s"] = time.perf_counter() - t_all
 
-    ctx = decision.ctx
+    ctx = searched.ctx
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "nas2deploy_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "method": {"name": method.name, "paper": method.paper,
-                   "config": method.config.to_dict(), "space": run.space},
+                   "config": method.config.to_dict(), "space": run.space.description},
         "dataset": ds.describe(),
         "preprocessing": {"layout": "NCHW", "input_shape": list(run.shape), "mean": ds.mean,
                           "std": ds.std, "note": "x = (pixel/255 - mean) / std per channel"},
@@ -107,7 +107,8 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, decision: Decision, si
         "model": {"params": count_params(subnet), "macs": count_macs(subnet, run.example),
                   "width_multiplier": width, "nodes": len(arch_final.network["nodes"]),
                   "prune_further_level": sizing.level, "resized": resized},
-        "search": {"epochs": decision.epochs, "history": ctx.history,
+        "search": {"epochs": searched.epochs, "levers": searched.decision.levers,
+                   "history": ctx.history,
                    "measurements": [{k: v for k, v in m.items() if k != "spec"}
                                     for m in ctx.measurements]},
         "retrain": {"from": cfg.retrain_from, "epochs": cfg.retrain_epochs,

@@ -13,7 +13,7 @@ from ..architecture import Architecture
 from ..counting import count_macs
 from ..data import Dataset
 from ..materialize import materialize
-from ..method import SearchContext, SearchData
+from ..method import Decision, SearchContext, SearchData
 from ..netspec import GraphNet
 from ..records import Budget
 from .size import Aim
@@ -21,11 +21,11 @@ from .state import RunState
 
 
 @dataclass
-class Decision:
-    """The decided architecture, its network (with inherited weights where the run retrains from
+class SearchResult:
+    """The method's decision, its network (with inherited weights where the run retrains from
     them), and what the search measured of it (None if it did not)."""
 
-    arch: Architecture
+    decision: Decision
     base: GraphNet
     seen_ms: float | None
     ctx: SearchContext
@@ -40,9 +40,9 @@ def split_for_search(ds: Dataset, seed: int) -> SearchData:
     return SearchData(ds.x_train[w], ds.y_train[w], ds.x_train[a], ds.y_train[a], ds.x_val, ds.y_val)
 
 
-def search(run: RunState, budget: Budget) -> Decision:
+def search(run: RunState, budget: Budget) -> SearchResult:
     cfg, method, lat_model, log = run.cfg, run.method, run.lat_model, run.log
-    epochs = cfg.search_epochs or getattr(method, "default_search_epochs", 10)
+    epochs = cfg.search_epochs or method.default_search_epochs
     ctx = SearchContext(data=split_for_search(run.ds, cfg.seed), epochs=epochs, seed=cfg.seed,
                         budget_ms=budget.budget_ms, latency_model=lat_model,
                         progress=run.progress, log=log, channel_multiple=run.multiple,
@@ -64,11 +64,11 @@ def search(run: RunState, budget: Budget) -> Decision:
         ctx.measure = measure_spec
     log(f"searching with {method.name} for {epochs} epochs")
     t = time.perf_counter()
-    method.search(run.supernet, ctx)
+    searched = method.search(run.supernet, ctx)
     run.timings["search_s"] = time.perf_counter() - t
-    arch = method.decide(run.supernet)
-    base = run.materialize_decided(arch)
+    decision = method.decide(run.supernet, searched)
+    base = run.materialize_decided(decision)
     base_spec = base.spec()
     seen = next((m["measured_p50_ms"] for m in reversed(ctx.measurements)
                  if m["spec"] == base_spec), None)
-    return Decision(arch, base, seen, ctx, epochs)
+    return SearchResult(decision, base, seen, ctx, epochs)

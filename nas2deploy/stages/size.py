@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..architecture import Architecture
+from ..method import Decision
 from ..counting import count_macs, count_params
 from ..latency import secant
 from ..materialize import scale_width
@@ -22,7 +23,7 @@ from ..records import Budget
 from .state import RunState
 
 if TYPE_CHECKING:
-    from .search import Decision
+    from .search import SearchResult
 
 
 def bisect_width(base: GraphNet, predict: Callable[[dict[str, Any]], float], aim_ms: float,
@@ -51,7 +52,7 @@ class Aim:
     AIM = 0.95
     # A within-budget result this far under the budget is grown again if rounds remain.
     LOW_WATER = 0.90
-    # At full width a method that can re-size its architecture (``SearchMethod.resize``) is asked
+    # At full width a method that can re-size its architecture (``Decision.resize``) is asked
     # to whenever a round measures more than this far from the aim: its steps are fine enough to
     # aim into the middle of the window, so the verdict's own noise (~2-3%) does not push it out.
     RESIZE_BAND = 0.03
@@ -164,36 +165,44 @@ class Aim:
 
 @dataclass
 class Sizing:
-    """The closed loop's state, handed from the rounds to the final attempts: the architecture now
-    scaled (``arch``, ``base`` its full width), the width and network to retrain, and every round
-    measured (the manifest's ``rounds``)."""
+    """The closed loop's state, handed from the rounds to the final attempts: the decision now
+    scaled (``base`` its network at full width), the width and network to retrain, and every
+    round measured (the manifest's ``rounds``)."""
 
-    arch: Architecture
+    decision: Decision
     base: GraphNet
     subnet: GraphNet
     width: float
-    resized: int = 0  # re-sizes by the method (SearchMethod.resize) behind the net now scaled
-    level: int = 0  # prune_further level of the architecture the rounds scaled
+    resized: int = 0  # re-sizes by the method's lever (Decision.resize) behind the net now scaled
+    level: int = 0  # sparser level of the architecture the rounds scaled (Decision.sparser)
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def arch(self) -> Architecture:
+        return self.decision.arch
 
-def resize(run: RunState, aim: Aim, a: Architecture, measured_ms: float) -> Architecture | None:
-    """The method's own lever at full width: ``a`` re-sized towards the aim (None if it cannot)."""
-    factor = aim.resize_factor(run.lat_model.predict(a.network), measured_ms)
-    new = run.method.resize(run.supernet, a, factor)
-    if new is None or new.network == a.network:
+
+def resize(run: RunState, aim: Aim, d: Decision, measured_ms: float) -> Decision | None:
+    """The method's own lever at full width: ``d`` re-sized towards the aim (None if it cannot)."""
+    if d.resize is None:
+        return None
+    factor = aim.resize_factor(run.lat_model.predict(d.arch.network), measured_ms)
+    new = d.resize(factor)
+    if new is None or new.arch.network == d.arch.network:
         return None
     run.log(f"{measured_ms / aim.budget_ms:.2f} of budget at full width; {run.method.name} "
             f"re-sized the architecture towards {aim.AIM:g} of it "
-            f"({new.decisions.get('note', '')})")
+            f"({new.arch.decisions.get('note', '')})")
     return new
 
 
-def size(run: RunState, budget: Budget, aim: Aim, decision: "Decision") -> Sizing:
+def size(run: RunState, budget: Budget, aim: Aim, searched: "SearchResult") -> Sizing:
     """The pre-retrain rounds: scale the decided architecture, time it beside the largest subnet,
     re-aim; keep the candidate under the budget closest to the aim."""
-    cfg, method, log, example = run.cfg, run.method, run.log, run.example
-    arch, base, seen = decision.arch, decision.base, decision.seen_ms
+    cfg, log, example = run.cfg, run.log, run.example
+    decision, base, seen = searched.decision, searched.base, searched.seen_ms
+    # levels count from the search's decision, whatever the rounds re-sized since
+    sparser_of = decision.sparser
     budget_ms = budget.budget_ms
     # A method that timed its decided architecture during the search hands the loop its
     # correction: the first round then aims with what was measured, not with the raw estimate.
@@ -209,9 +218,9 @@ def size(run: RunState, budget: Budget, aim: Aim, decision: "Decision") -> Sizin
     # thin half of its landings a little, which on onnxruntime is a whole 16-channel block.
     width = 1.0 if seen is not None else aim.bisect(base)
     tried: set[float] = set()
-    # the candidate under the budget closest to the aim: (width, net, timing, architecture, its
+    # the candidate under the budget closest to the aim: (width, net, timing, decision, its
     # full width, times re-sized)
-    best: tuple[float, GraphNet, Any, Architecture, GraphNet, int] | None = None
+    best: tuple[float, GraphNet, Any, Decision, GraphNet, int] | None = None
     level = 0
     resized = 0
     if run.remote is not None:  # nothing to measure here: the table's width is the answer
@@ -239,14 +248,14 @@ def size(run: RunState, budget: Budget, aim: Aim, decision: "Decision") -> Sizin
         aim.recalibrate(rep.p50_ms, predicted)
         if within and (best is None or abs(rep.p50_ms - aim.aim_ms)
                        < abs(best[2].p50_ms - aim.aim_ms)):
-            best = (width, cand, rep, arch, base, resized)
+            best = (width, cand, rep, decision, base, resized)
         nxt, between = aim.propose_round(base, width, rep.p50_ms)
         low = aim.round_is_low(rep.p50_ms)
         if aim.wants_resize(width, rep.p50_ms):
-            new = resize(run, aim, arch, rep.p50_ms)
+            new = resize(run, aim, decision, rep.p50_ms)
             if new is not None:
                 resized += 1
-                arch, base = new, run.materialize_decided(new)
+                decision, base = new, run.materialize_decided(new)
                 tried.clear()
                 aim.forget()
                 width = 1.0
@@ -254,14 +263,15 @@ def size(run: RunState, budget: Budget, aim: Aim, decision: "Decision") -> Sizin
         if not within and width <= cfg.min_width:
             # Channels are exhausted: ask the method for a sparser architecture.
             level += 1
-            sparser = method.prune_further(run.supernet, level)
-            while sparser is not None and sparser.network == arch.network:
+            sparser = sparser_of(level) if sparser_of is not None else None
+            while sparser is not None and sparser.arch.network == decision.arch.network:
                 level += 1  # this level removed only what was dead already
-                sparser = method.prune_further(run.supernet, level)
+                sparser = sparser_of(level)
             if sparser is None:
                 break
-            arch, base = sparser, run.materialize_decided(sparser)
-            log(f"still over budget at the narrowest width; {arch.decisions.get('note', '')}")
+            decision, base = sparser, run.materialize_decided(sparser)
+            log(f"still over budget at the narrowest width; "
+                f"{decision.arch.decisions.get('note', '')}")
             tried.clear()
             aim.forget()
             width = aim.bisect(base)
@@ -272,8 +282,8 @@ def size(run: RunState, budget: Budget, aim: Aim, decision: "Decision") -> Sizin
             break
         width = nxt
     if best is not None:
-        width, subnet, _, arch, base, resized = best
+        width, subnet, _, decision, base, resized = best
     else:
         subnet = cand
     run.timings["rounds_s"] = time.perf_counter() - t
-    return Sizing(arch, base, subnet, width, resized, level, rounds)
+    return Sizing(decision, base, subnet, width, resized, level, rounds)

@@ -9,12 +9,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..architecture import Architecture
 from ..config import RunConfig
 from ..data import Dataset
 from ..materialize import materialize, scale_width
-from ..method import SearchMethod, TaskSpec
+from ..method import Decision, SearchMethod, TaskSpec
 from ..netspec import GraphNet
+from ..space import SearchSpace
 from ..target import Target
 from .plan import Plan
 
@@ -27,7 +27,7 @@ class RunState:
     shape: tuple[int, int, int, int]
     multiple: int  # channel multiple the target runs best
     supernet: Any
-    space: Any
+    space: SearchSpace
     log: Callable[[str], None]
     progress: Callable[..., Any]
     timings: dict[str, float] = field(default_factory=dict)
@@ -57,8 +57,6 @@ class RunState:
     def scaled(self, net: GraphNet, m: float) -> GraphNet:
         return scale_width(net, m, round_to=self.multiple)
 
-    def materialize_decided(self, a: Architecture) -> GraphNet:
-        """``a`` as a network, with the supernet's weights where the run retrains from them."""
-        weights = (self.method.inherited_weights(self.supernet, a)
-                   if self.cfg.retrain_from == "inherit" else {})
-        return materialize(a, weights)
+    def materialize_decided(self, d: Decision) -> GraphNet:
+        """``d`` as a network, with its inherited weights where the run retrains from them."""
+        return materialize(d.arch, d.weights if self.cfg.retrain_from == "inherit" else {})

@@ -10,7 +10,8 @@ from torch import nn
 
 from nas2deploy.architecture import Architecture, fingerprint
 from nas2deploy.errors import UsageError
-from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
+from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.space import SearchSpace
 
 from .config import DenseNASConfig
 from .derive import Choice, build_spec, cost_choice, viterbi_choice
@@ -49,8 +50,14 @@ class DenseNAS(SearchMethod):
     def build(self, task: TaskSpec) -> DenseNASSupernet:
         return DenseNASSupernet(self.layout(task), nested_init=self.config.nested_init)
 
-    def space(self, supernet: nn.Module) -> dict[str, Any]:
+    def space(self, supernet: nn.Module) -> SearchSpace:
         net = self._check(supernet)
+        return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
+                           smallest=lambda: self._smallest(net), cover=lambda: self._cover(net),
+                           sample=lambda rng: self._sample(net, rng),
+                           inherit=lambda arch: self._inherit(net, arch))
+
+    def _describe(self, net: DenseNASSupernet) -> dict[str, Any]:
         L = net.layout
         task = {"input_channels": L.input_channels, "input_size": L.input_size,
                 "num_classes": L.num_classes}
@@ -67,25 +74,22 @@ class DenseNAS(SearchMethod):
     def _mac_table(self, net: DenseNASSupernet) -> CostTable:
         return CostTable.build(net.layout, macs, 0.0, self.config.skip_cost_fraction)
 
-    def largest(self, supernet: nn.Module) -> Architecture:
+    def _largest(self, net: DenseNASSupernet) -> Architecture:
         """The path of most MACs with the costliest candidate everywhere (no layer skipped)."""
-        net = self._check(supernet)
         choice = cost_choice(net.layout, self._mac_table(net), largest=True)
         choice.note = "largest: the costliest path (MACs), costliest candidate everywhere"
         return self._arch(net, choice)
 
-    def smallest(self, supernet: nn.Module) -> Architecture:
+    def _smallest(self, net: DenseNASSupernet) -> Architecture:
         """The path of fewest MACs with the cheapest head candidates and every layer skipped."""
-        net = self._check(supernet)
         choice = cost_choice(net.layout, self._mac_table(net), largest=False)
         choice.note = "smallest: the cheapest path (MACs), cheapest candidate everywhere"
         return self._arch(net, choice)
 
-    def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
+    def _cover(self, net: DenseNASSupernet) -> list[Architecture]:
         """Paths covering every edge, each built once per candidate (that candidate on every head
         and stacked layer of the path): together they hold every op the space can produce at
         the input shape it really sees, which is what a latency table must measure."""
-        net = self._check(supernet)
         L = net.layout
         out = []
         for path in edge_cover(L.graph):
@@ -98,11 +102,10 @@ class DenseNAS(SearchMethod):
                 out.append(self._arch(net, choice))
         return out
 
-    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+    def _sample(self, net: DenseNASSupernet, rng: random.Random) -> Architecture:
         """A random subnet: a random walk from the stem (uniform over each block's outgoing
         edges, as β at initialisation), a uniform candidate per head and per layer (skip
         included)."""
-        net = self._check(supernet)
         L = net.layout
         path = [0]
         while path[-1] != L.out_node:
@@ -117,34 +120,33 @@ class DenseNAS(SearchMethod):
 
     # --- search and decision -------------------------------------------------------------
 
-    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
-        run_search(self._check(supernet), self.config, ctx)
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> list[dict[str, Any]]:
+        """Returns the top-k epochs' records (by supernet validation accuracy) for ``decide``."""
+        return run_search(self._check(supernet), self.config, ctx)
 
-    def decide(self, supernet: nn.Module) -> Architecture:
-        """The best recorded epoch's architecture (by supernet validation accuracy), or, before
-        any search, Viterbi + argmax on the current parameters."""
+    def decide(self, supernet: nn.Module, searched: list[dict[str, Any]] | None = None) -> Decision:
+        """The best recorded epoch's architecture (by supernet validation accuracy; ``searched``
+        is what ``search`` returned), or, before any search, Viterbi + argmax on the current
+        parameters."""
         net = self._check(supernet)
-        if net.selected:
-            best = net.selected[0]
+        if searched:
+            best = searched[0]
             choice = record_to_choice(best)
-            choice.note = f"best supernet validation epoch {best['epoch']} (top-{len(net.selected)} kept)"
-            choice.extra["top"] = [{k: v for k, v in rec.items()} for rec in net.selected]
+            choice.note = f"best supernet validation epoch {best['epoch']} (top-{len(searched)} kept)"
+            choice.extra["top"] = [dict(rec) for rec in searched]
         else:
             with torch.no_grad():
                 choice = viterbi_choice(net.layout, net.transition_probs(), net.alpha_head,
                                         net.alpha_stack)
             choice.note = "Viterbi + argmax on the current parameters"
-        return self._arch(net, choice)
+        arch = self._arch(net, choice)
+        return Decision(arch, self._inherit(net, arch))
 
-    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
+    def _inherit(self, net: DenseNASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
         """Each derived node's weights from the supernet module it was chosen from. BN affine
         parameters the supernet does not have (affine=False) keep their init; running statistics
         are copied."""
-        net = self._check(supernet)
-        fp = self.space(net)["fingerprint"]
-        if arch.space.get("fingerprint") != fp:
-            raise UsageError(f"densenas: the architecture comes from another space "
-                             f"(fingerprint {arch.space.get('fingerprint')!r}, supernet {fp!r})")
+        self.space(net).check(arch, "densenas")
         modules = arch.decisions.get("modules", {})
         out: dict[str, torch.Tensor] = {}
         for node in arch.network["nodes"]:
@@ -173,7 +175,7 @@ class DenseNAS(SearchMethod):
                                  **{k: v for k, v in r.items() if k.startswith("derived_")}}
                                 for r in choice.extra["top"]]
             decisions["selected_epoch"] = decisions["top"][0]["epoch"]
-        return Architecture(method="densenas", network=spec, space=self.space(net),
+        return Architecture(method="densenas", network=spec, space=self._describe(net),
                             decisions=decisions, seed=net.seed)
 
     @staticmethod

@@ -318,6 +318,5 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
         if bar is not None:
             bar.close()
         net.to(memory_format=torch.contiguous_format)
-    net.selected = kept
     net.eval()
-    return searcher
+    return kept

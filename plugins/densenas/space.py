@@ -356,7 +356,6 @@ class DenseNASSupernet(nn.Module):
         if nested_init:
             self.nest_candidates()
         # Filled in by the search: the derived architectures of the best validation epochs.
-        self.selected: list[dict[str, Any]] = []
         self.seed: int | None = None
 
     @torch.no_grad()

@@ -11,7 +11,8 @@ from torch import nn
 
 from nas2deploy.architecture import Architecture, fingerprint
 from nas2deploy.errors import UsageError
-from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
+from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.space import SearchSpace
 
 from .config import DSONASConfig
 from .derive import derive, uniform_lambdas
@@ -19,7 +20,7 @@ from .search import run_search
 from .space import DSONASSupernet
 
 
-# Share of the alive normal-block edges that each prune_further level removes (cumulative).
+# Share of the alive normal-block edges that each sparser level removes (cumulative).
 PRUNE_STEP = 0.25
 
 
@@ -72,8 +73,14 @@ class DSONAS(SearchMethod):
                 raise UsageError(f"dsonas: task {name} must be a positive integer, not {v!r}")
         return DSONASSupernet(self.config, task)
 
-    def space(self, supernet: nn.Module) -> dict[str, Any]:
+    def space(self, supernet: nn.Module) -> SearchSpace:
         net = self._check(supernet)
+        return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
+                           smallest=lambda: self._smallest(net),
+                           sample=lambda rng: self._sample(net, rng),
+                           inherit=lambda arch: self._inherit(net, arch))
+
+    def _describe(self, net: DSONASSupernet) -> dict[str, Any]:
         task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
                 "num_classes": net.task.num_classes}
         defining = {"method": "dsonas", **net.cfg.space_dict(), "task": task}
@@ -81,22 +88,19 @@ class DSONAS(SearchMethod):
         return {"name": "dsonas", "fingerprint": fingerprint(defining), **net.cfg.space_dict(),
                 "task": task, "choice_points": {"EdgeScale": int(edges)}, "total_edges": int(edges)}
 
-    def largest(self, supernet: nn.Module) -> Architecture:
-        net = self._check(supernet)
+    def _largest(self, net: DSONASSupernet) -> Architecture:
         lam = uniform_lambdas(net.cfg, net.task, normal=1.0, reduction=(1.0, 1.0))
         return self._arch(net, lam, keep_scales=False, note="largest: every edge kept")
 
-    def smallest(self, supernet: nn.Module) -> Architecture:
-        net = self._check(supernet)
+    def _smallest(self, net: DSONASSupernet) -> Architecture:
         lam = uniform_lambdas(net.cfg, net.task, normal=0.0, reduction=(1.0, 0.0))
         return self._arch(net, lam, keep_scales=False,
                           note="smallest: every normal block empty, reductions 1x1 only")
 
-    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+    def _sample(self, net: DSONASSupernet, rng: random.Random) -> Architecture:
         """A random subnet: every edge kept with one probability drawn per call (0.15..0.9),
         kept λ uniform in (0.2, 1), then the same closure and derivation as ``decide``. The
         supernet is not touched."""
-        net = self._check(supernet)
         keep = rng.uniform(0.15, 0.9)
 
         def draw() -> float:
@@ -117,36 +121,23 @@ class DSONAS(SearchMethod):
 
     def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
         run_search(self, self._check(supernet), ctx)
+        return None  # decide reads λ off the supernet: nothing else to hand on
 
-    def decide(self, supernet: nn.Module) -> Architecture:
+    def decide(self, supernet: nn.Module, searched: Any = None) -> Decision:
+        """The surviving edges, their weights, and a ``sparser`` lever that continues the ℓ1 path
+        by thresholding a snapshot of λ."""
         net = self._check(supernet)
+        arch = self.decided(net)
+        weights = self._inherit(net, arch)
+        lever = _Sparser(self, net, net.lambda_values(), weights)
+        return Decision(arch, weights, sparser=lever)
+
+    def decided(self, net: DSONASSupernet) -> Architecture:
+        """The architecture λ decides now (what ``decide`` returns, without its weights)."""
         return self._arch(net, net.lambda_values(), keep_scales=self.config.keep_scales)
 
-    def prune_further(self, supernet: nn.Module, level: int) -> Architecture | None:
-        """``decide`` with the weakest ``PRUNE_STEP * level`` of the alive normal-block edges (by
-        |λ|) zeroed as well: the ℓ1 path continued by thresholding, the same order in which more
-        proximal steps would have removed them. Reduction units are left as decided. None when
-        nothing more would go."""
-        net = self._check(supernet)
-        lam = net.lambda_values()
-        alive = sorted(abs(v) for v in _normal_values(lam) if v != 0)
-        if not alive or level < 1:
-            return None
-        k = min(len(alive), math.ceil(len(alive) * PRUNE_STEP * level))
-        if level > 1 and k == min(len(alive), math.ceil(len(alive) * PRUNE_STEP * (level - 1))):
-            return None
-        cut = alive[k - 1]
-        sparser = [_zero_below(entry, cut) if isinstance(entry, tuple) else entry for entry in lam]
-        return self._arch(net, sparser, keep_scales=self.config.keep_scales,
-                          note=f"decided, then the weakest {k} of {len(alive)} alive normal-block "
-                               f"edges removed (|λ| <= {cut:.4g}): prune_further level {level}")
-
-    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
-        net = self._check(supernet)
-        fp = self.space(net)["fingerprint"]
-        if arch.space.get("fingerprint") != fp:
-            raise UsageError(f"dsonas: the architecture comes from another space "
-                             f"(fingerprint {arch.space.get('fingerprint')!r}, supernet {fp!r})")
+    def _inherit(self, net: DSONASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
+        self.space(net).check(arch, "dsonas")
         modules = net.node_modules()
         out: dict[str, torch.Tensor] = {}
         for node in arch.network["nodes"]:
@@ -167,7 +158,7 @@ class DSONAS(SearchMethod):
         network, decisions = derive(net.cfg, net.task, lam, keep_scales=keep_scales)
         if note:
             decisions["note"] = note
-        return Architecture(method="dsonas", network=network, space=self.space(net),
+        return Architecture(method="dsonas", network=network, space=self._describe(net),
                             decisions=decisions, seed=net.seed)
 
     @staticmethod
@@ -176,3 +167,37 @@ class DSONAS(SearchMethod):
             raise UsageError(f"dsonas: expected the supernet DSONAS.build() returns, not "
                              f"{type(supernet).__name__}")
         return supernet
+
+
+class _Sparser:
+    """DSO-NAS's ``sparser`` lever: the decided λ with the weakest ``PRUNE_STEP * level`` of the
+    alive normal-block edges (by |λ|) zeroed as well, the ℓ1 path continued by thresholding, in
+    the order more proximal steps would have removed them. Reduction units are left as decided.
+    Levels count from the search's decision. It owns a snapshot of λ and of the decided weights:
+    a sparser architecture keeps a subset of the decided nodes."""
+
+    def __init__(self, method: DSONAS, net: DSONASSupernet, lam: list[Any],
+                 weights: dict[str, torch.Tensor]):
+        self.method, self.lam, self.weights = method, lam, weights
+        self.cfg, self.task, self.seed = net.cfg, net.task, net.seed
+        self.description = method._describe(net)
+
+    def __call__(self, level: int) -> Decision | None:
+        alive = sorted(abs(v) for v in _normal_values(self.lam) if v != 0)
+        if not alive or level < 1:
+            return None
+        k = min(len(alive), math.ceil(len(alive) * PRUNE_STEP * level))
+        if level > 1 and k == min(len(alive), math.ceil(len(alive) * PRUNE_STEP * (level - 1))):
+            return None
+        cut = alive[k - 1]
+        sparser = [_zero_below(entry, cut) if isinstance(entry, tuple) else entry
+                   for entry in self.lam]
+        network, decisions = derive(self.cfg, self.task, sparser,
+                                    keep_scales=self.method.config.keep_scales)
+        decisions["note"] = (f"decided, then the weakest {k} of {len(alive)} alive normal-block "
+                             f"edges removed (|λ| <= {cut:.4g}): sparser level {level}")
+        arch = Architecture(method="dsonas", network=network, space=self.description,
+                            decisions=decisions, seed=self.seed)
+        kept = tuple(f"nodes.{n['id']}." for n in arch.network["nodes"])
+        weights = {k: v for k, v in self.weights.items() if k.startswith(kept)}
+        return Decision(arch, weights, sparser=self)

@@ -161,7 +161,7 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
                 zeroed = searcher.rebuild()
             train_seconds = time.perf_counter() - t0
             recalibrate_bn(supernet, data.x_weights, bs)
-            arch = method.decide(supernet)
+            arch = method.decided(supernet)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "phase": phase,
                 "loss": sum(w_losses) / max(len(w_losses), 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any, ClassVar
 
@@ -10,12 +11,13 @@ from torch import nn
 
 from nas2deploy.architecture import Architecture, fingerprint
 from nas2deploy.errors import UsageError
-from nas2deploy.method import SearchContext, SearchMethod, TaskSpec
+from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.space import SearchSpace
 
 from .config import OP_NAMES, TFNASConfig
 from .cost import CostTable
 from .derive import decisions, inherited, network_spec, parsed
-from .search import resize, run_search, set_depths, set_ops
+from .search import Searched, resize, run_search, set_depths, set_ops
 from .space import TFNASSupernet
 
 CHEAPEST = OP_NAMES.index("k3_e3")
@@ -47,8 +49,14 @@ class TFNAS(SearchMethod):
                 raise UsageError(f"tfnas: task {name} must be a positive integer, not {v!r}")
         return TFNASSupernet(self.config, task)
 
-    def space(self, supernet: nn.Module) -> dict[str, Any]:
+    def space(self, supernet: nn.Module) -> SearchSpace:
         net = self._check(supernet)
+        return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
+                           smallest=lambda: self._smallest(net), cover=lambda: self._cover(net),
+                           sample=lambda rng: self._sample(net, rng),
+                           inherit=lambda arch: self._inherit(net, arch))
+
+    def _describe(self, net: TFNASSupernet) -> dict[str, Any]:
         task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
                 "num_classes": net.task.num_classes}
         defining = {"method": "tfnas", **net.cfg.space_dict(), "task": task}
@@ -58,25 +66,23 @@ class TFNAS(SearchMethod):
                 "choice_points": {"OpChoice": n_blocks, "DepthSink": len(net.layout.stages),
                                   "Width": n_blocks}}
 
-    def largest(self, supernet: nn.Module) -> Architecture:
+    def _largest(self, net: TFNASSupernet) -> Architecture:
         """Every stage at full depth, the costliest op (k5, e6, SE) everywhere, at its max width."""
-        net = self._check(supernet)
         n = len(net.layout.blocks)
         ops = [COSTLIEST] * n
         mids = [b.mid_range(COSTLIEST)[2] for b in net.layout.blocks]
         depths = [len(st) for st in net.layout.stages]
         return self._arch(net, ops, depths, mids, note="largest: full depth, k5_e6_se at max width")
 
-    def smallest(self, supernet: nn.Module) -> Architecture:
+    def _smallest(self, net: TFNASSupernet) -> Architecture:
         """One block per stage, the cheapest op (k3, e3, no SE), at its min width."""
-        net = self._check(supernet)
         n = len(net.layout.blocks)
         ops = [CHEAPEST] * n
         mids = [b.mid_range(CHEAPEST)[0] for b in net.layout.blocks]
         depths = [1] * len(net.layout.stages)
         return self._arch(net, ops, depths, mids, note="smallest: depth 1, k3_e3 at min width")
 
-    def candidate_networks(self, supernet: nn.Module) -> list[Architecture]:
+    def _cover(self, net: TFNASSupernet) -> list[Architecture]:
         """For every candidate op, the full-depth network with that op in every block at its max
         width: together they hold every (block, op) signature at the input shape it really
         sees. The table's width grid scales c_in and c_out along with mid, which is not how
@@ -84,7 +90,6 @@ class TFNAS(SearchMethod):
         interpolated in the op's channel total. Adding the same eight networks at min width
         would make both ends exact at about 1.6 times the table size (5266 instead of 3390
         signatures for the default space on the dense grid)."""
-        net = self._check(supernet)
         depths = [len(st) for st in net.layout.stages]
         out = []
         for o, name in enumerate(OP_NAMES):
@@ -93,10 +98,9 @@ class TFNAS(SearchMethod):
                                   note=f"latency-table cover: {name} everywhere at max width"))
         return out
 
-    def sample(self, supernet: nn.Module, rng: random.Random) -> Architecture:
+    def _sample(self, net: TFNASSupernet, rng: random.Random) -> Architecture:
         """A random subnet: per block a uniform op and a uniform width in its [max/2, max], per
         stage a uniform depth. The supernet is not touched."""
-        net = self._check(supernet)
         ops = [rng.randrange(len(OP_NAMES)) for _ in net.layout.blocks]
         mids = [rng.randint(b.mid_range(o)[0], b.mid_range(o)[2]) for b, o in zip(net.layout.blocks, ops)]
         depths = [rng.randint(1, len(st)) for st in net.layout.stages]
@@ -110,56 +114,40 @@ class TFNAS(SearchMethod):
         """Per-op latency costs of this supernet's layout under ``latency_model``."""
         net = self._check(supernet)
         return CostTable(net.layout, latency_model,
-                         calibrate=lambda: (self.largest(net).network, self.smallest(net).network))
+                         calibrate=lambda: (self._largest(net).network, self._smallest(net).network))
 
-    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
-        run_search(self, self._check(supernet), ctx)
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> Searched:
+        """Returns the cost table, target and landing the search used, for ``decide``."""
+        return run_search(self, self._check(supernet), ctx)
 
-    def decide(self, supernet: nn.Module) -> Architecture:
+    def decide(self, supernet: nn.Module, searched: Searched | None = None) -> Decision:
+        """The parsed ops, depths and widths; after a search (``searched``), their estimated
+        latency, the target and landing, and a ``resize`` lever that re-lands a snapshot of the
+        supernet's elastic state (the supernet itself is not touched again)."""
         net = self._check(supernet)
+        arch = self._decided(net, searched)
+        if searched is None:
+            return Decision(arch, self._inherit(net, arch))
+        lever = _Resize(self, copy.deepcopy(net), searched, arch)
+        return Decision(arch, self._inherit(net, arch), resize=lever)
+
+    def _decided(self, net: TFNASSupernet, searched: Searched | None) -> Architecture:
         ops, depths, mids = parsed(net)
         arch = self._arch(net, ops, depths, mids)
-        table = getattr(net, "cost_table", None)
-        if table is not None:
-            arch.metadata["predicted_ms"] = table.parsed(ops, depths, mids)
-            arch.decisions["predicted_ms"] = arch.metadata["predicted_ms"]
-            arch.decisions["cost_source"] = table.source
-        if getattr(net, "target_ms", None):
-            arch.decisions["target_ms"] = net.target_ms
-        if getattr(net, "measured_ms", None):
-            arch.decisions["measured_ms"] = net.measured_ms
-            arch.decisions["estimate_correction"] = net.estimate_correction
+        if searched is None:
+            return arch
+        arch.metadata["predicted_ms"] = searched.table.parsed(ops, depths, mids)
+        arch.decisions["predicted_ms"] = arch.metadata["predicted_ms"]
+        arch.decisions["cost_source"] = searched.table.source
+        if searched.target_ms:
+            arch.decisions["target_ms"] = searched.target_ms
+        if searched.measured_ms:
+            arch.decisions["measured_ms"] = searched.measured_ms
+            arch.decisions["estimate_correction"] = searched.correction
         return arch
 
-    def resize(self, supernet: nn.Module, arch: Architecture, factor: float) -> Architecture | None:
-        """``arch`` (decided from this supernet) re-landed by the elastic step at ``factor`` × its
-        estimated latency: widths per block in the target's channel multiple; depth, then ops,
-        first when growing past the max widths, depth when shrinking past the min widths. None
-        without a cost table (no search ran) or when nothing moved."""
-        net = self._check(supernet)
-        table = getattr(net, "cost_table", None)
-        if table is None:
-            return None
-        if arch.space.get("fingerprint") != self.space(net)["fingerprint"]:
-            raise UsageError("tfnas: resize() of an architecture from another space")
-        ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
-        set_ops(net, ops)
-        set_depths(net, arch.decisions["depths"])
-        for block, op, b in zip(net.blocks(), ops, arch.decisions["blocks"]):
-            block.ops[op].set_width(int(b["mid"]))
-        if not resize(net, table, factor, self.config.elastic_refine,
-                      getattr(net, "channel_multiple", 1)):
-            return None
-        new = self.decide(net)
-        new.decisions["note"] = f"re-landed at x{factor:.3f} of its estimated latency"
-        return new
-
-    def inherited_weights(self, supernet: nn.Module, arch: Architecture) -> dict[str, torch.Tensor]:
-        net = self._check(supernet)
-        fp = self.space(net)["fingerprint"]
-        if arch.space.get("fingerprint") != fp:
-            raise UsageError(f"tfnas: the architecture comes from another space "
-                             f"(fingerprint {arch.space.get('fingerprint')!r}, supernet {fp!r})")
+    def _inherit(self, net: TFNASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
+        self.space(net).check(arch, "tfnas")
         ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
         try:
             return inherited(net, arch.network, ops)
@@ -173,7 +161,7 @@ class TFNAS(SearchMethod):
         dec = decisions(net, ops, depths, mids)
         if note:
             dec["note"] = note
-        return Architecture(method="tfnas", network=spec, space=self.space(net), decisions=dec,
+        return Architecture(method="tfnas", network=spec, space=self._describe(net), decisions=dec,
                             seed=net.seed)
 
     @staticmethod
@@ -182,3 +170,31 @@ class TFNAS(SearchMethod):
             raise UsageError(f"tfnas: expected the supernet TFNAS.build() returns, not "
                              f"{type(supernet).__name__}")
         return supernet
+
+
+class _Resize:
+    """TF-NAS's ``resize`` lever: ``arch`` re-landed by the elastic step at ``factor`` × its
+    estimated latency, widths per block in the target's channel multiple; depth, then ops,
+    first when growing past the max widths, depth when shrinking past the min widths.
+
+    It owns a copy of the supernet taken at ``decide`` (weights, α, β, widths) and the search's
+    cost table; the decisions it returns share both, and each call first sets the copy to its
+    own architecture."""
+
+    def __init__(self, method: TFNAS, net: TFNASSupernet, searched: Searched, arch: Architecture):
+        self.method, self.net, self.searched, self.arch = method, net, searched, arch
+
+    def __call__(self, factor: float) -> Decision | None:
+        net, arch, searched = self.net, self.arch, self.searched
+        ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
+        set_ops(net, ops)
+        set_depths(net, arch.decisions["depths"])
+        for block, op, b in zip(net.blocks(), ops, arch.decisions["blocks"]):
+            block.ops[op].set_width(int(b["mid"]))
+        if not resize(net, searched.table, factor, self.method.config.elastic_refine,
+                      searched.channel_multiple):
+            return None
+        new = self.method._decided(net, searched)
+        new.decisions["note"] = f"re-landed at x{factor:.3f} of its estimated latency"
+        return Decision(new, self.method._inherit(net, new),
+                        resize=_Resize(self.method, net, searched, new))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -465,7 +466,20 @@ def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int 
     return correct / len(x)
 
 
-def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
+@dataclass
+class Searched:
+    """What a TF-NAS search hands its ``decide`` besides α, β and the widths: the cost table it
+    searched with, its target T, the target's channel multiple and, after a measured landing,
+    the last measurement and the estimate's correction."""
+
+    table: CostTable
+    target_ms: float | None = None
+    channel_multiple: int = 1
+    measured_ms: float | None = None
+    correction: float | None = None
+
+
+def run_search(method, net: TFNASSupernet, ctx) -> Searched:
     """Warm-up, then search, for ``ctx.epochs`` epochs in all; one history row per epoch."""
     cfg: TFNASConfig = method.config
     torch.manual_seed(ctx.seed)
@@ -478,12 +492,11 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
     table = method.cost_table(net, ctx.latency_model)
     fraction, tolerance = aim_of(cfg, ctx)
     target = fraction * float(ctx.budget_ms) if ctx.budget_ms else None
-    net.cost_table, net.target_ms = table, target
-    net.channel_multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
+    multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
+    searched = Searched(table, target, multiple)
     n_batches = len(epoch_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
     searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
     measure = getattr(ctx, "measure", None)
-    multiple = net.channel_multiple
     landing = (Landing(net, table, target, measure, multiple)
                if measure is not None and target and cfg.elastic and cfg.measured_landing
                else None)
@@ -555,11 +568,11 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searcher:
                     + (f" measured {measured:.4f} ms" if measured is not None else ""))
         if landing is not None and n_search > 0:
             landing.land(cfg.landing_rounds, tolerance, cfg.elastic_refine, ctx.log)
-            net.measured_ms, net.estimate_correction = landing.last_ms, landing.correction
+            searched.measured_ms, searched.correction = landing.last_ms, landing.correction
     finally:
         if bar is not None:
             bar.close()
     ctx.log(f"tfnas: {searcher.w_steps} weight steps, {searcher.arch_steps} arch steps; "
             f"{len(table._cache)} op signatures costed")
     net.eval()
-    return searcher
+    return searched

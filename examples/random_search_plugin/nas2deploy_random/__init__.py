@@ -16,8 +16,9 @@ from torch import nn
 
 from nas2deploy.architecture import Architecture, fingerprint
 from nas2deploy.errors import UsageError
-from nas2deploy.method import MethodConfig, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.method import Decision, MethodConfig, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.netspec import build_network
+from nas2deploy.space import SearchSpace
 from nas2deploy.train import accuracy, train
 
 CANDIDATES = {
@@ -78,14 +79,20 @@ def _spec(task: TaskSpec, cfg: RandomConfig, choice: list[str]) -> dict:
 
 
 class Supernet(nn.Module):
-    """Holds the task and the decision; the sampled subnets are trained on their own."""
+    """Holds the task; the sampled subnets are trained on their own (no shared weights)."""
 
     def __init__(self, task: TaskSpec, cfg: RandomConfig):
         super().__init__()
         self.task, self.cfg = task, cfg
-        self.best: list[str] | None = None
-        self.best_state: dict | None = None
-        self.scores: list[dict] = []
+
+
+@dataclass
+class Sampled:
+    """What ``search`` hands ``decide``: the best choice, its trained weights, every score."""
+
+    best: list[str]
+    state: dict[str, torch.Tensor]
+    scores: list[dict]
 
 
 class RandomSearch(SearchMethod):
@@ -97,35 +104,36 @@ class RandomSearch(SearchMethod):
     def build(self, task: TaskSpec) -> Supernet:
         return Supernet(task, self.config)
 
-    def space(self, supernet: Supernet) -> dict:
+    def space(self, supernet: Supernet) -> SearchSpace:
         desc = {"layers": self.config.layers, "width": self.config.width, "ops": self.config.ops,
                 "task": vars(supernet.task)}
-        return {"name": "random-chain", "fingerprint": fingerprint(desc), **desc}
+        description = {"name": "random-chain", "fingerprint": fingerprint(desc), **desc}
+        return SearchSpace(
+            description,
+            largest=lambda: self._by_macs(supernet, description, max),
+            smallest=lambda: self._by_macs(supernet, description, min),
+            sample=lambda rng: self._arch(supernet, description,
+                                          [rng.choice(self.config.ops) for _ in range(self.config.layers)]))
 
-    def _arch(self, supernet: Supernet, choice: list[str]) -> Architecture:
+    def _arch(self, supernet: Supernet, description: dict, choice: list[str]) -> Architecture:
         return Architecture(method=self.name, network=_spec(supernet.task, self.config, choice),
-                            space=self.space(supernet), decisions={"ops": choice})
+                            space=description, decisions={"ops": choice})
 
-    def _by_macs(self, supernet: Supernet, pick) -> Architecture:
+    def _by_macs(self, supernet: Supernet, description: dict, pick) -> Architecture:
         from nas2deploy.counting import count_macs
 
         def macs(op):
             net = build_network(_spec(supernet.task, self.config, [op] * self.config.layers))
             return count_macs(net, net.example_input(1))
 
-        return self._arch(supernet, [pick(self.config.ops, key=macs)] * self.config.layers)
+        return self._arch(supernet, description, [pick(self.config.ops, key=macs)] * self.config.layers)
 
-    def largest(self, supernet: Supernet) -> Architecture:
-        return self._by_macs(supernet, max)
-
-    def smallest(self, supernet: Supernet) -> Architecture:
-        return self._by_macs(supernet, min)
-
-    def search(self, supernet: Supernet, ctx: SearchContext) -> None:
+    def search(self, supernet: Supernet, ctx: SearchContext) -> Sampled:
         rng = random.Random(ctx.seed)
         d = ctx.data
         bar = ctx.progress(total=self.config.samples, desc="random samples") if ctx.progress else None
-        best = -1.0
+        best, found = -1.0, None
+        scores: list[dict] = []
         for k in range(self.config.samples):
             choice = [rng.choice(self.config.ops) for _ in range(self.config.layers)]
             torch.manual_seed(ctx.seed + k)
@@ -133,24 +141,21 @@ class RandomSearch(SearchMethod):
             train(net, d.x_weights, d.y_weights, epochs=ctx.epochs, seed=ctx.seed + k,
                   batch_size=ctx.batch_size)
             score = accuracy(net, d.x_arch, d.y_arch)
-            supernet.scores.append({"ops": choice, "arch_acc": score})
+            scores.append({"ops": choice, "arch_acc": score})
             ctx.history.append({"epoch": k, "phase": "sample", "loss": float("nan"),
                                 "val_acc": accuracy(net, d.x_val, d.y_val), "arch_acc": score})
             if score > best:
-                best, supernet.best = score, choice
-                supernet.best_state = copy.deepcopy(net.state_dict())
+                best, found = score, (choice, copy.deepcopy(net.state_dict()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{best:.3f}")
         if bar is not None:
             bar.close()
+        return Sampled(found[0], found[1], scores)
 
-    def decide(self, supernet: Supernet) -> Architecture:
-        if supernet.best is None:
-            raise RuntimeError("decide() before search(): nothing was sampled")
-        arch = self._arch(supernet, supernet.best)
-        arch.decisions["samples"] = supernet.scores
-        return arch
-
-    def inherited_weights(self, supernet: Supernet, arch: Architecture) -> dict:
-        return dict(supernet.best_state or {})
+    def decide(self, supernet: Supernet, searched: Sampled | None = None) -> Decision:
+        if searched is None:
+            raise UsageError("random: decide() needs what search() returned: nothing was sampled")
+        arch = self._arch(supernet, self.space(supernet).description, searched.best)
+        arch.decisions["samples"] = searched.scores
+        return Decision(arch, dict(searched.state))

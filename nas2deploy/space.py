@@ -1,0 +1,94 @@
+"""``SearchSpace``: what a method's search space is and what it can produce, as one value.
+
+A method builds it from its supernet (``SearchMethod.space``). Core asks the space, never the
+method, for the budget's references (``largest``, ``smallest``), for the networks a latency table
+measures (``cover``), for random subnets (``sample``: latency calibration, benchmarks, the
+random-search baseline) and for the supernet's weights of one of its architectures
+(``inherit``). A capability a space lacks is ``None``; asking for it is a clear error, never a
+guess made by writing into the supernet's architecture parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .architecture import Architecture
+from .errors import UsageError
+
+CAPABILITIES = ("largest", "smallest", "cover", "sample", "inherit")
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSpace(Mapping):
+    """A space's JSON description (``name``, ``fingerprint``, ``choice_points`` and whatever the
+    method records of it), readable like a dict, plus what the space can produce.
+
+    ``cover`` defaults to ``[largest()]``, enough when the largest subnet holds every candidate op
+    (DSO-NAS); a space with alternative ops at one position must give more. ``inherit`` without a
+    function inherits nothing (the subnet is retrained from its initialisation).
+    """
+
+    description: dict[str, Any]
+    largest: Callable[[], Architecture]
+    smallest: Callable[[], Architecture]
+    cover: Callable[[], list[Architecture]] | None = None
+    sample: Callable[[random.Random], Architecture] | None = None
+    inherit: Callable[[Architecture], dict[str, torch.Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        d = self.description
+        for key in ("name", "fingerprint"):
+            if not isinstance(d.get(key), str) or not d[key]:
+                raise TypeError(f"a SearchSpace description needs a non-empty string {key!r}")
+        json.dumps(d)  # the description travels in manifests and architectures
+
+    @property
+    def name(self) -> str:
+        return self.description["name"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.description["fingerprint"]
+
+    @property
+    def capabilities(self) -> list[str]:
+        return [c for c in CAPABILITIES if getattr(self, c) is not None]
+
+    def covering(self) -> list[Architecture]:
+        """Networks that together hold every candidate op of the space at its real input shape."""
+        return self.cover() if self.cover is not None else [self.largest()]
+
+    def draw(self, rng: random.Random) -> Architecture:
+        """A random subnet; a clear error where the space cannot sample."""
+        if self.sample is None:
+            raise UsageError(f"search space {self.name!r} cannot sample random subnets (its "
+                             f"method gives no sample()); latency calibration and random "
+                             f"search need one")
+        return self.sample(rng)
+
+    def weights(self, arch: Architecture) -> dict[str, torch.Tensor]:
+        """The supernet's weights for ``arch``, keyed by the materialized net's state_dict names."""
+        return self.inherit(arch) if self.inherit is not None else {}
+
+    def check(self, arch: Architecture, who: str) -> None:
+        """UsageError unless ``arch`` was decided in this space."""
+        fp = arch.space.get("fingerprint")
+        if fp != self.fingerprint:
+            raise UsageError(f"{who}: the architecture comes from another space (fingerprint "
+                             f"{fp!r}, supernet {self.fingerprint!r})")
+
+    # the description, read like a dict
+    def __getitem__(self, key: str) -> Any:
+        return self.description[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.description)
+
+    def __len__(self) -> int:
+        return len(self.description)
