@@ -20,3 +20,10 @@ from .sizes import DatasetInfo, check_dataset, dataset_info, estimate_memory
 __all__ = ["Dataset", "DatasetInfo", "load_dataset", "dataset_info", "check_dataset",
            "estimate_memory", "available_memory", "parse_dataset_spec", "KINDS",
            "IMAGE_EXTENSIONS", "MIN_INPUT_SIZE", "MAX_INPUT_SIZE"]
+
+from .cache import check_cache_dir  # noqa: E402
+from .loaders import default_workers, make_loader, set_epoch  # noqa: E402
+from .stream import Splits, open_dataset  # noqa: E402
+
+__all__ += ["Splits", "open_dataset", "make_loader", "set_epoch", "default_workers",
+            "check_cache_dir"]
