@@ -55,6 +55,8 @@ OPTIONS: dict[str, dict] = {
     "tfnas": {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2, "tail_channels": 32,
               "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]]},
     "random": {"samples": 1, "layers": 2, "width": 8},
+    "enas": {"nodes": 3, "width": 4, "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,
+             "derive_samples": 2},
 }
 
 

@@ -1,0 +1,203 @@
+"""ENAS's search: shared-weight child training alternated with REINFORCE on the controller, and
+the derivation (sample m children, score each on held-out data, keep the best)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nas2deploy.method import SearchContext, SearchData
+from nas2deploy.objectives import mnas_reward
+
+from .config import reward_exponents
+from .controller import Reinforce, Sample
+from .space import Child, MacroSupernet, batch_statistics, netspec
+
+
+def child_of(net: MacroSupernet, sample: Sample) -> Child:
+    ops = net.layout.ops
+    return Child.make([ops[o] for o in sample.ops], sample.skips)
+
+
+class Rewarder:
+    """The reward of a child's accuracy: the accuracy itself, or the MnasNet reward on the
+    latency model's estimate when there is a budget (estimates cached per child)."""
+
+    def __init__(self, net: MacroSupernet, budget_ms: float | None, latency_model: Any):
+        self.net = net
+        exps = reward_exponents(net.cfg)
+        self.exps = exps if budget_ms is not None and latency_model is not None else None
+        self.budget_ms, self.latency_model = budget_ms, latency_model
+        self._ms: dict[Child, float] = {}
+
+    def latency(self, child: Child) -> float | None:
+        if self.latency_model is None:
+            return None
+        if child not in self._ms:
+            self._ms[child] = float(self.latency_model.predict(netspec(self.net.layout, child)))
+        return self._ms[child]
+
+    def __call__(self, acc: float, child: Child) -> float:
+        if self.exps is None:
+            return acc
+        lat = max(self.latency(child), 1e-9)  # a model's estimate can round to 0 on tiny nets
+        return mnas_reward(acc, lat, self.budget_ms, *self.exps)
+
+    def describe(self) -> dict[str, Any]:
+        if self.exps is None:
+            return {"reward": "accuracy"}
+        return {"reward": self.net.cfg.reward, "alpha": self.exps[0], "beta": self.exps[1],
+                "target_ms": self.budget_ms}
+
+
+@dataclass
+class Searched:
+    """What ``search`` hands ``decide``: the data and reward to score the m children with, and
+    the seed they are sampled from. The controller itself is in the supernet."""
+
+    data: SearchData
+    seed: int
+    rewarder: Rewarder
+    epochs: int
+
+
+@torch.no_grad()
+def child_accuracy(net: MacroSupernet, child: Child, batches) -> float:
+    """Accuracy on ``batches`` with BN on batch statistics; the supernet is not changed."""
+    correct = total = 0
+    with batch_statistics(net):
+        for x, y in batches:
+            correct += int((net(x, child).argmax(1) == y).sum())
+            total += len(y)
+    return correct / total if total else float("nan")
+
+
+def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
+    cfg, data = net.cfg, ctx.data
+    device = data.device
+    net.to(device)
+    ctrl = net.controller
+    rewarder = Rewarder(net, ctx.budget_ms, ctx.latency_model)
+    gen_data = torch.Generator().manual_seed(ctx.seed)
+    gen_arch = torch.Generator().manual_seed(ctx.seed + 1)
+    gen_reward = torch.Generator().manual_seed(ctx.seed + 2)
+    params = list(net.shared_parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                          weight_decay=cfg.weight_decay)
+    per_epoch = data.n_batches("weights", ctx.batch_size)
+    steps = max(1, ctx.epochs * per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    update = Reinforce(ctrl, cfg)
+    arch_stream = data.cycle("arch", min(cfg.reward_batch, data.size("arch")), gen_reward)
+    total = ctx.epochs * (per_epoch + cfg.controller_steps)
+    bar = ctx.progress(total=total, desc="enas search") if ctx.progress else None
+    ctx.log(f"enas: {len(net.layout.ops)} ops x {net.layout.n} nodes, "
+            f"{sum(p.numel() for p in params):,} shared weights; {rewarder.describe()}")
+    try:
+        for epoch in range(ctx.epochs):
+            # 1. the shared weights: one sampled child per batch
+            net.train()
+            loss_sum = correct = seen = 0
+            for x, y in data.epoch("weights", ctx.batch_size, gen_data):
+                with torch.no_grad():
+                    child = child_of(net, ctrl(gen_arch))
+                out = net(x, child)
+                loss = F.cross_entropy(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                loss_sum += loss.item() * len(y)
+                correct += int((out.argmax(1) == y).sum())
+                seen += len(y)
+                if bar is not None:
+                    bar.update(1)
+            # 2. the controller: REINFORCE on rewards of sampled children on the arch split
+            rewards, accs, ents, skips, losses = [], [], [], [], []
+            for _ in range(cfg.controller_steps):
+                samples, rs = [], []
+                for _ in range(cfg.controller_samples):
+                    s = ctrl(gen_arch)
+                    child = child_of(net, s)
+                    acc = child_accuracy(net, child, [next(arch_stream)])
+                    r = rewarder(acc, child)
+                    samples.append(s)
+                    rs.append(r)
+                    accs.append(acc)
+                    ents.append(s.entropy.item())
+                    skips.append(s.skip_count)
+                losses.append(update.step(samples, rs))
+                rewards.extend(rs)
+                if bar is not None:
+                    bar.update(1)
+            row = epoch_row(net, data, rewarder, epoch, loss_sum / max(seen, 1),
+                            correct / max(seen, 1), rewards, accs, ents, skips,
+                            update.baseline.value)
+            row["controller_loss"] = _mean(losses)
+            ctx.history.append(row)
+            ctx.log(f"enas epoch {epoch}: loss {row['loss']:.3f}, greedy child val acc "
+                    f"{row['val_acc']:.3f}, reward {row['reward']:.3f} (baseline "
+                    f"{row['baseline']:.3f}), entropy {row['entropy']:.2f}, "
+                    f"skips {row['skip_rate']:.2f}")
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
+                                reward=f"{row['reward']:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return Searched(data, ctx.seed, rewarder, ctx.epochs)
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v) if v else float("nan")
+
+
+def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, skips,
+              baseline) -> dict[str, Any]:
+    with torch.no_grad():
+        greedy = child_of(net, net.controller(greedy=True))
+    pairs = net.layout.n * (net.layout.n - 1) / 2
+    row = {"epoch": epoch, "phase": "search", "loss": loss, "train_acc": train_acc,
+           "val_acc": child_accuracy(net, greedy, data.ordered("val", 256)),
+           "reward": _mean(rewards), "arch_acc": _mean(accs),
+           "baseline": float("nan") if baseline is None else baseline,
+           "entropy": _mean(ents),
+           "skip_rate": _mean(skips) / pairs if pairs else 0.0,
+           "greedy": json.dumps(greedy.to_dict(), separators=(",", ":"))}
+    lat = rewarder.latency(greedy)
+    if lat is not None:
+        row["predicted_ms"] = lat
+    return row
+
+
+def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[dict[str, Any]]]:
+    """Sample ``m`` children from the controller (seeded by the search's seed), score each on
+    the held-out split with the search's reward, keep the best (the first on ties). Reads the
+    supernet, changes nothing."""
+    gen = torch.Generator().manual_seed(searched.seed + 3)
+    scored: list[dict[str, Any]] = []
+    best, best_score = None, -math.inf
+    seen: dict[Child, float] = {}
+    for _ in range(m):
+        with torch.no_grad():
+            child = child_of(net, net.controller(gen))
+        if child not in seen:
+            acc = child_accuracy(net, child, searched.data.ordered("val", 256))
+            seen[child] = acc
+        acc = seen[child]
+        score = searched.rewarder(acc, child)
+        row = {**child.to_dict(), "val_acc": acc, "score": score}
+        lat = searched.rewarder.latency(child)
+        if lat is not None:
+            row["predicted_ms"] = lat
+        scored.append(row)
+        if score > best_score:
+            best, best_score = child, score
+    return best, scored
