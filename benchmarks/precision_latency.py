@@ -66,7 +66,8 @@ def main() -> None:
     print(isa_line(), flush=True)
     ds = load_dataset("digits", input_size=32, seed=0)
     dso = registry.methods.get("dsonas")()
-    dag = scale_width(materialize(dso.largest(dso.build(TaskSpec(1, 32, 10)))), args.dag_width)
+    dag = scale_width(materialize(dso.space(dso.build(TaskSpec(1, 32, 10))).largest()),
+                      args.dag_width)
     nets = {"chain": build_network(chain_spec(32)), "dsonas-dag": dag}
     proto = Protocol(warmup=50, runs=2000, min_seconds=0.0)
     x = ds.x_test[:1].numpy()

@@ -1,14 +1,18 @@
-"""Does the data layer scale? (b): peak memory of streaming folder datasets of growing size.
+"""Does nas2deploy scale? (a) CPU images/s of a search and a retrain epoch; (b) peak memory of
+streaming folder datasets of growing size; (c) the GPU figures are gpu_check.sh's.
 
-Makes synthetic folder datasets (10 classes of random-content 256x256 JPEGs; 1k, 4k and 16k
+(a) writes a CIFAR-10-format dataset (``--cpu-images``, random content), streams it (uint8,
+pad-crop + flip, 2 workers) through a TF-NAS search of 1 warm-up + 1 search epoch of the default
+space, then one retrain epoch of the space's largest subnet.
+
+(b) makes synthetic folder datasets (10 classes of random-content 256x256 JPEGs; 1k, 4k and 16k
 images by default, generated once and shared through hard links), then for each, in a fresh
 subprocess, opens it with ``open_dataset`` at input size 224 and runs one full train epoch
 through ``make_loader`` (2 workers, batch 64, standard augmentation). Each subprocess reports
-its peak RSS (``getrusage``: RUSAGE_SELF, and RUSAGE_CHILDREN for the largest worker) and
-images/s. Final line: ``folder_rss: 1k A MB, 4k B MB, 16k C MB (max/min X.XXx)``, each figure
-the main process's peak plus the largest worker's.
+its peak RSS (``getrusage`` RUSAGE_SELF, plus the largest worker's VmHWM) and images/s. Final
+line: ``folder_rss: 1k A MB, 4k B MB, 16k C MB (max/min X.XXx)``.
 
-    python benchmarks/scale.py [--sizes 1000,4000,16000] [--keep DIR]
+    python benchmarks/scale.py [--only a|b] [--cpu-images N] [--sizes 1000,4000,16000] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def main() -> None:
                     help="images per dataset, comma-separated (default 1000,4000,16000)")
     ap.add_argument("--keep", metavar="DIR",
                     help="make (or reuse) the image folders in DIR instead of a temporary one")
+    ap.add_argument("--cpu-images", type=int, default=6000,
+                    help="CIFAR-format images for (a), the CPU search/retrain throughput")
+    ap.add_argument("--only", choices=["a", "b"], help="run one part")
     ap.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)  # one measured run
     args = ap.parse_args()
     if args.child:
@@ -56,11 +63,71 @@ def main() -> None:
         sys.exit(f"--sizes: each dataset needs at least {3 * CLASSES} images (3 per class)")
     print(machine_line())
     print(isa_line())
-    if args.keep:
-        folder_rss(sizes, Path(args.keep).expanduser())
-    else:
-        with tempfile.TemporaryDirectory(prefix="nas2deploy-scale-") as tmp:
-            folder_rss(sizes, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="nas2deploy-scale-") as tmp:
+        if args.only in (None, "a"):
+            throughput(Path(tmp), args.cpu_images)
+        if args.only in (None, "b"):
+            folder_rss(sizes, Path(args.keep).expanduser() if args.keep else Path(tmp))
+    print("# (c), the GPU figures, needs a CUDA GPU: see benchmarks/gpu_check.sh"
+          if not _cuda() else "# (c): see benchmarks/gpu_check.sh")
+    if args.only in (None, "b"):
+        print(_last_line)
+
+
+_last_line = ""
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------------------------
+# (a) images/s of a search epoch and of a retrain epoch on this CPU
+
+
+def throughput(work: Path, n: int) -> None:
+    import pickle
+
+    import torch
+
+    from nas2deploy import registry
+    from nas2deploy.data import open_dataset
+    from nas2deploy.materialize import materialize
+    from nas2deploy.method import SearchContext, TaskSpec
+    from nas2deploy.train import fit
+
+    folder = work / "cifar"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = max(2, n // 6)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:  # CIFAR-10's own python batch format
+            pickle.dump({b"labels": [int(v) for v in rng.integers(0, 10, per)],
+                         b"data": rng.integers(0, 256, (per, 3072), dtype=np.uint8)}, f)
+    splits = open_dataset(f"cifar10:{folder}", input_size=32, seed=0, augment="standard")
+    method = registry.methods.get("tfnas")()
+    net = method.build(TaskSpec(3, 32, 10))
+    torch.set_num_threads(os.cpu_count() or 1)
+    with splits.search_data(0, workers=WORKERS) as data:
+        ctx = SearchContext(data=data, epochs=2, seed=0)
+        t = time.perf_counter()
+        method.search(net, ctx)
+        search_s = time.perf_counter() - t
+        search_rate = 2 * data.size("weights") / search_s
+    sub = materialize(method.space(net).largest())
+    history: list[dict] = []
+    with splits.batches(workers=WORKERS) as batches:
+        fit(sub, batches, epochs=1, history=history)
+    retrain_rate = history[-1]["images_per_s"]
+    print(f"# (a) TF-NAS default space, CIFAR-10 format {len(splits.train)} train images at 32 px "
+          f"(streamed uint8, pad-crop + flip, {WORKERS} workers), {torch.get_num_threads()} "
+          f"threads")
+    print(f"search: 1 warm-up + 1 search epoch over {data.size('weights')} weight-split images "
+          f"in {search_s:.1f} s, {search_rate:.0f} img/s; retrain (largest subnet): "
+          f"{retrain_rate:.0f} img/s")
+    print(f"cpu_throughput: search {search_rate:.0f} img/s, retrain {retrain_rate:.0f} img/s")
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,9 +154,11 @@ def folder_rss(sizes: list[int], work: Path) -> None:
               f"{r['epoch_s']:.1f} s, {r['images_per_s']:.0f} img/s, peak RSS main "
               f"{r['self_mb']:.0f} MB + largest worker {r['children_mb']:.0f} MB = "
               f"{peaks[n]:.0f} MB")
+    global _last_line
     ratio = max(peaks.values()) / min(peaks.values())
-    print("folder_rss: " + ", ".join(f"{_label(n)} {mb:.0f} MB" for n, mb in peaks.items())
-          + f" (max/min {ratio:.2f}x)")
+    _last_line = ("folder_rss: " + ", ".join(f"{_label(n)} {mb:.0f} MB" for n, mb in peaks.items())
+                  + f" (max/min {ratio:.2f}x)")
+    print(_last_line)
 
 
 def _label(n: int) -> str:
@@ -145,19 +214,36 @@ def _measure(folder: Path) -> dict:
     t = time.perf_counter()
     splits = open_dataset(f"folder:{folder}", input_size=INPUT_SIZE, seed=0)
     open_s = time.perf_counter() - t
+    from nas2deploy.data.loaders import shutdown
+
     loader = make_loader(splits.train, batch_size=BATCH, shuffle=True, seed=0, workers=WORKERS)
     seen = 0
     t = time.perf_counter()
     for x, y in loader:
         seen += len(y)
     epoch_s = time.perf_counter() - t
+    # workers start from a fork server, so they are not this process's children: read their
+    # peak (VmHWM) while they are alive
+    workers = [w.pid for w in getattr(loader._iterator, "_workers", [])]
+    worker_mb = max((_vm_hwm_mb(pid) for pid in workers), default=0.0)
+    shutdown(loader)
     del loader, x, y
-    gc.collect()  # the persistent workers exit and are waited for: RUSAGE_CHILDREN counts them
+    gc.collect()
     kb = 1024  # ru_maxrss is in KiB on Linux
     return {"train": seen, "open_s": open_s, "epoch_s": epoch_s,
             "images_per_s": seen / epoch_s,
             "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kb / 1e6,
-            "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kb / 1e6}
+            "children_mb": worker_mb}
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return 0.0
 
 
 if __name__ == "__main__":

@@ -153,6 +153,19 @@ def _comma_list(ctx, param, value):
 @click.option("--max-accuracy-drop", type=float, default=DEFAULTS.max_accuracy_drop,
               show_default=True, help="fp16/int8: most top-1 accuracy lost, in points.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--device", default=DEFAULTS.device, show_default=True,
+              help="Where search and retrain run: auto (CUDA when present), cpu, cuda, cuda:N. "
+                   "Latency is always measured on the target.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=DEFAULTS.amp,
+              show_default=True, help="Mixed precision on a GPU (auto: bf16 where supported; "
+                                      "off on a CPU).")
+@click.option("--augment", type=click.Choice(["standard", "none"]), default=DEFAULTS.augment,
+              show_default=True, help="Training augmentation of cifar10/folder data: "
+                                      "random-resized crop (pad-crop at 32 px) plus flip.")
+@click.option("--cache", default=None, help="Folder for a uint8 cache of a folder dataset, "
+                                            "reused by later runs.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader worker processes (default: min(4, CPUs - 1)).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="TOML file with any of these options (CLI wins); a [method-options] "
               "table holds the method's own options.")

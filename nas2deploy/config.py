@@ -42,6 +42,11 @@ class RunConfig:
     calibration_samples: int = 512
     min_agreement: float = 0.99
     max_accuracy_drop: float = 1.0  # points of top-1 accuracy
+    device: str = "auto"  # where search and retrain run: auto (CUDA when present), cpu, cuda[:N]
+    amp: str = "auto"  # mixed precision on a GPU: auto (bf16 where supported), bf16, fp16, off
+    augment: str = "standard"  # training augmentation of streamed datasets: standard, none
+    cache: str | None = None  # a folder for the uint8 cache of a folder dataset
+    workers: int | None = None  # DataLoader worker processes (None: min(4, CPUs - 1))
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -75,6 +80,8 @@ class RunConfig:
         if not self.max_accuracy_drop >= 0:
             raise UsageError(f"--max-accuracy-drop must be >= 0 points, not "
                              f"{self.max_accuracy_drop:g}")
+        if self.augment not in ("standard", "none"):
+            raise UsageError(f"--augment must be standard or none, not {self.augment!r}")
         if not self.export:
             raise UsageError("--export needs at least one format, e.g. onnx,openvino")
         if not all(isinstance(e, str) for e in self.export):
@@ -95,10 +102,11 @@ MAX_BATCH = 4096
 MAX_EPOCHS = 10_000
 MAX_ROUNDS = 100
 MAX_SAMPLES = 1_000_000
+MAX_WORKERS = 64
 _INT_RANGES = (("seed", 0, MAX_SEED), ("threads", 1, MAX_THREADS), ("batch", 1, MAX_BATCH),
                ("search_epochs", 1, MAX_EPOCHS), ("retrain_epochs", 0, MAX_EPOCHS),
                ("max_rounds", 1, MAX_ROUNDS), ("parity_samples", 1, MAX_SAMPLES),
-               ("calibration_samples", 1, MAX_SAMPLES))
+               ("calibration_samples", 1, MAX_SAMPLES), ("workers", 0, MAX_WORKERS))
 _FLOATS = ("latency_ms", "latency_fraction", "min_width", "min_agreement", "max_accuracy_drop")
 
 
@@ -147,7 +155,9 @@ _TYPES = {"method": str, "latency_model": str, "lut": (str, type(None)), "datase
           "calibration_samples": int, "min_agreement": (int, float),
           "max_accuracy_drop": (int, float), "search_epochs": (int, type(None)),
           "latency_ms": (int, float, type(None)), "latency_fraction": (int, float),
-          "min_width": (int, float), "overwrite": bool, "export": list, "method_options": dict}
+          "min_width": (int, float), "overwrite": bool, "export": list, "method_options": dict,
+          "device": str, "amp": str, "augment": str, "cache": (str, type(None)),
+          "workers": (int, type(None))}
 
 
 def _check_type(name: str, val: Any) -> None:

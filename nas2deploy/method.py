@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .architecture import Architecture
+from .data.searchdata import SearchData  # noqa: F401  (part of the method API)
 from .errors import UsageError
 from .latency import LatencyModel
 from .space import SearchSpace
@@ -21,18 +22,6 @@ class TaskSpec:
     input_channels: int
     input_size: int
     num_classes: int
-
-
-@dataclass
-class SearchData:
-    """Tensors on the CPU: images NCHW float32 (normalised), labels int64."""
-
-    x_weights: torch.Tensor  # split used for weight steps
-    y_weights: torch.Tensor
-    x_arch: torch.Tensor  # split used for architecture steps
-    y_arch: torch.Tensor
-    x_val: torch.Tensor  # held out from both, for reporting
-    y_val: torch.Tensor
 
 
 @dataclass
@@ -153,6 +142,10 @@ class SearchMethod(ABC):
     # The whole search budget in epochs when the run does not set one; a method sizes it so its
     # default space searches the default data (digits) in minutes on two CPU cores.
     default_search_epochs: ClassVar[int] = 10
+    # True when ``search`` keeps every tensor it makes on the supernet's device (the pipeline
+    # then moves the supernet and the batches to ``--device``); a method that has not said so
+    # searches on the CPU, and only the retrain runs on the GPU.
+    runs_on_gpu: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | dict[str, Any] | None = None):
         if not isinstance(config, MethodConfig):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .config import RunConfig
-from .data import load_dataset
+from .data import open_dataset
 from .env import null_progress
 from .errors import UsageError  # noqa: F401  (re-exported: callers catch pipeline.UsageError)
 from .method import TaskSpec
@@ -67,29 +67,33 @@ def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
     t_all = time.perf_counter()
     torch.manual_seed(cfg.seed)
 
-    log(f"loading dataset {cfg.dataset}")
+    log(f"opening dataset {cfg.dataset} (training on {p.compute.device}, AMP {p.compute.amp})")
+    p.compute.prepare()
     t = time.perf_counter()
-    ds = load_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed, progress=progress)
+    ds = open_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed,
+                      augment=cfg.augment, cache=cfg.cache, progress=progress)
     data_s = time.perf_counter() - t
     task = TaskSpec(ds.channels, ds.input_size, ds.num_classes)
     supernet = p.method.build(task)
     run = RunState(p, ds, task, (p.target.batch, ds.channels, ds.input_size, ds.input_size),
                    channel_multiple(p.target), supernet, p.method.space(supernet), log, progress,
-                   timings={"data_s": data_s}, verify=_verify)
+                   timings={"data_s": data_s}, verify=_verify,
+                   data=ds.batches(device=p.compute.device, workers=cfg.workers))
 
     # the largest and smallest subnet measured (or, for a device target, predicted by its
     # table), the latency model anchored on them, the budget
     budget = measure_budget(run, side_factory=SideBySide)
     aim = Aim(budget.budget_ms, run.lat_model, min_width=cfg.min_width, round_to=run.multiple)
-    decision = search(run, budget)
-    # closed loop on the measured latency, before retraining
-    sizing = size(run, budget, aim, decision)
-
-    history_retrain: list[dict[str, Any]] = []
-    with staged_bundle(p.out, cfg.overwrite, p.lock) as tmp:
-        # retrain, export, measure the artifact; re-aim with the same Aim while attempts remain
-        kept = final_attempts(run, budget, aim, sizing, tmp, history_retrain)
-        manifest = write_bundle(run, budget, aim, decision, sizing, kept, tmp, history_retrain,
-                                t_all)
+    with run.data:  # the loaders' workers stop with the run
+        decision = search(run, budget)
+        # closed loop on the measured latency, before retraining
+        sizing = size(run, budget, aim, decision)
+        history_retrain: list[dict[str, Any]] = []
+        with staged_bundle(p.out, cfg.overwrite, p.lock) as tmp:
+            # retrain, export, measure the artifact; re-aim with the same Aim while attempts
+            # remain
+            kept = final_attempts(run, budget, aim, sizing, tmp, history_retrain)
+            manifest = write_bundle(run, budget, aim, decision, sizing, kept, tmp,
+                                    history_retrain, t_all)
     log(f"bundle written to {p.out}")
     return Result(p.out, manifest)

@@ -1,7 +1,9 @@
-"""Training, fine-tuning and evaluation of a (sub)network on in-memory tensors."""
+"""Training, fine-tuning and evaluation of a (sub)network: on in-memory tensors, or on the
+batches of ``nas2deploy.data.searchdata.Batches`` (in memory or streamed) on a device."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any, Callable, Iterator
@@ -9,6 +11,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .data.searchdata import Batches, epoch_batches  # noqa: F401  (epoch_batches: re-exported)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True):
@@ -30,16 +34,6 @@ def split_epochs(total: int, fraction: float) -> tuple[int, int]:
     return first, total - first
 
 
-def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN
-    cannot normalise a batch of one)."""
-    order = torch.randperm(n, generator=gen)
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        out.pop()
-    return out
-
-
 def cycle_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """``epoch_batches`` pass after pass, for a second data split stepped alongside the first."""
     while True:
@@ -56,10 +50,24 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
         model.train(was)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    if len(x) == 0:
-        return float("nan")
-    return float((predict(model, x).argmax(1) == y).float().mean())
+def accuracy(model: nn.Module, x: Any, y: torch.Tensor | None = None) -> float:
+    """Top-1 of ``model`` in eval mode, on tensors ``x``, ``y`` or on an iterable of ``(x, y)``
+    batches (``Batches.ordered``); NaN when there is nothing to score."""
+    if y is not None:
+        if len(x) == 0:
+            return float("nan")
+        return float((predict(model, x).argmax(1) == y).float().mean())
+    was = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        with torch.no_grad():
+            for xb, yb in x:
+                correct += int((model(xb).argmax(1) == yb).sum())
+                total += len(yb)
+    finally:
+        model.train(was)
+    return correct / total if total else float("nan")
 
 
 def reinitialize(model: nn.Module, seed: int) -> None:
@@ -75,40 +83,66 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr
           x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
           progress: Callable[..., Any] | None = None, desc: str = "train",
           history: list[dict[str, Any]] | None = None, label_smoothing: float = 0.0) -> float:
-    """SGD (Nesterov, momentum 0.9) with a cosine schedule; returns seconds spent.
+    """``fit`` on in-memory tensors (``x_val``/``y_val``: scored after each epoch)."""
+    splits = {"train": (x, y)}
+    if x_val is not None and y_val is not None:
+        splits["val"] = (x_val, y_val)
+    return fit(model, Batches.in_memory(splits, device=x.device), epochs=epochs, lr=lr,
+               batch_size=batch_size, weight_decay=weight_decay, seed=seed, progress=progress,
+               desc=desc, history=history, label_smoothing=label_smoothing)
 
-    One history row per epoch: {"epoch", "phase", "loss", "train_acc", "val_acc"}.
+
+def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_size: int = 64,
+        weight_decay: float = 1e-4, seed: int = 0, progress: Callable[..., Any] | None = None,
+        desc: str = "train", history: list[dict[str, Any]] | None = None,
+        label_smoothing: float = 0.0, compute: Any = None, split: str = "train",
+        val_split: str | None = "val") -> float:
+    """SGD (Nesterov, momentum 0.9) with a cosine schedule over ``data``'s ``split`` (a
+    ``Batches``, on its device), scored on ``val_split`` after each epoch where it has one;
+    ``compute`` (``nas2deploy.device.Compute``): mixed precision. Returns seconds spent.
+
+    One history row per epoch: {"epoch", "phase", "loss", "train_acc", "val_acc",
+    "images_per_s"}.
     """
     if epochs <= 0:
         return 0.0
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                           weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(x) / batch_size)
+    steps = epochs * data.n_batches(split, batch_size, drop_single=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    autocast = compute.autocast if compute is not None else contextlib.nullcontext
+    scaler = compute.scaler() if compute is not None else None
     bar = progress(total=steps, desc=desc) if progress else None
     t0 = time.perf_counter()
     try:
         for epoch in range(epochs):
             model.train()
             total, correct, loss_sum = 0, 0, 0.0
-            for idx in batches(len(x), batch_size, gen):
-                xb, yb = x[idx], y[idx]
-                out = model(xb)
-                loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+            t_epoch = time.perf_counter()
+            for xb, yb in data.epoch(split, batch_size, gen, drop_single=False):
+                with autocast():
+                    out = model(xb)
+                    loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is not None and scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
                 sched.step()
-                loss_sum += loss.item() * len(idx)
+                loss_sum += loss.item() * len(yb)
                 correct += int((out.argmax(1) == yb).sum())
-                total += len(idx)
+                total += len(yb)
                 if bar is not None:
                     bar.update(1)
             row = {"epoch": epoch, "phase": desc, "loss": loss_sum / total,
-                   "train_acc": correct / total}
-            if x_val is not None and y_val is not None:
-                row["val_acc"] = accuracy(model, x_val, y_val)
+                   "train_acc": correct / total,
+                   "images_per_s": total / max(time.perf_counter() - t_epoch, 1e-9)}
+            if val_split in data.splits:
+                row["val_acc"] = accuracy(model, data.ordered(val_split))
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 val_acc=f"{row.get('val_acc', float('nan')):.3f}")

@@ -321,7 +321,7 @@ def no_dataset_load(monkeypatch):
     def loaded(*args, **kwargs):
         raise AssertionError("the dataset was loaded: the input was not checked up front")
 
-    monkeypatch.setattr(pipeline, "load_dataset", loaded)
+    monkeypatch.setattr(pipeline, "open_dataset", loaded)
 
 
 OUT_OF_RANGE = [
@@ -472,9 +472,11 @@ def _write_cifar_batches(folder: Path, per_batch: int, test: int) -> Path:
     return folder
 
 
-def test_console_script_refuses_a_dataset_that_cannot_fit_in_memory(tmp_path):
+def test_a_dataset_that_cannot_fit_in_memory_is_refused_in_memory_and_streamed(tmp_path):
     """10,000 CIFAR images at 512×512 need ~50 GiB as float32 (and a search copy of the train
-    split); the process may map 16 GiB. Refused up front, before anything is allocated."""
+    split); the process may map 16 GiB. Loading them in memory (``load_dataset``) is refused up
+    front, before anything is allocated; the pipeline streams them (uint8 arrays, ~30 MB), so
+    its up-front check lets them through."""
     import resource
 
     d = _write_cifar_batches(tmp_path / "cifar", per_batch=1800, test=1000)
@@ -482,12 +484,17 @@ def test_console_script_refuses_a_dataset_that_cannot_fit_in_memory(tmp_path):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
 
-    out = tmp_path / "o"
-    res = subprocess.run([str(CONSOLE), "search-and-export", "--dataset", f"cifar10:{d}",
-                          "--input-size", "512", "--quiet", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, preexec_fn=limit)
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    code = ("import sys\n"
+            "from nas2deploy.data import check_dataset, load_dataset\n"
+            "from nas2deploy.errors import UsageError\n"
+            "check_dataset(sys.argv[1], input_size=512, train_copies=2, streamed=True)\n"
+            "try:\n"
+            "    load_dataset(sys.argv[1], input_size=512)\n"
+            "except UsageError as exc:\n"
+            "    print(exc)\n")
+    res = subprocess.run([sys.executable, "-c", code, f"cifar10:{d}"], capture_output=True,
+                         text=True, timeout=120, preexec_fn=limit)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1, res.stdout
     assert re.search(r"needs ~[\d.]+ GiB, [\d.]+ GiB available", lines[0]), lines[0]
-    assert not out.exists()

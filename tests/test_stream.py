@@ -15,10 +15,30 @@ from torch.utils.data.distributed import DistributedSampler
 
 from nas2deploy.data import load_dataset
 from nas2deploy.data import cache as cache_mod
-from nas2deploy.data.loaders import make_loader, set_epoch
+from nas2deploy.data.loaders import make_loader as _make_loader
+from nas2deploy.data.loaders import set_epoch, shutdown
 from nas2deploy.data.stream import open_dataset
 from nas2deploy.data.transforms import centre_crop, open_rgb, resize_side, square
 from nas2deploy.errors import UsageError
+
+from conftest import in_child
+
+_made = []
+
+
+def make_loader(*args, **kwargs):
+    """``make_loader``, remembered: every loader's workers are stopped when its test ends, not
+    whenever the garbage collector gets to them (``loaders.shutdown``)."""
+    loader = _make_loader(*args, **kwargs)
+    _made.append(loader)
+    return loader
+
+
+@pytest.fixture(autouse=True)
+def _stop_workers():
+    yield
+    while _made:
+        shutdown(_made.pop())
 
 # ---------------------------------------------------------------------------------------------
 # fixtures: files in the real formats
@@ -176,7 +196,9 @@ def test_folder_decoded_on_fetch_not_at_open(tmp_path):
     assert "\n" not in str(exc.value)
 
 
-def test_folder_bad_image_in_a_worker_is_one_line(tmp_path):
+def test_folder_bad_image_in_a_worker_is_one_line(tmp_path, request):
+    if in_child(request):  # real workers, in a process of their own
+        return
     root, _ = _write_colour_folder(tmp_path / "imgs")
     s = open_dataset(f"folder:{root}", input_size=8, seed=0)
     bad = s.train.files[int(s.train.rows[5])]
@@ -284,7 +306,9 @@ def _epochs(loader, n):
     return [[(x.clone(), y.clone()) for x, y in loader] for _ in range(n)]
 
 
-def test_make_loader_same_batches_with_or_without_workers(tmp_path):
+def test_make_loader_same_batches_with_or_without_workers(tmp_path, request):
+    if in_child(request):  # real workers, in a process of their own
+        return
     root = _write_noise_folder(tmp_path / "imgs")
     s = open_dataset(f"folder:{root}", input_size=16, seed=1)
     l0 = make_loader(s.train, batch_size=4, shuffle=True, seed=9, workers=0)

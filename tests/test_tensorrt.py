@@ -207,7 +207,7 @@ def test_every_op_of_the_largest_networks_is_supported(space, tmp_path):
     from nas2deploy.method import TaskSpec
 
     method = registry.methods.get(space)()
-    net = materialize(method.largest(method.build(TaskSpec(3, 32, 10)))).eval()
+    net = materialize(method.space(method.build(TaskSpec(3, 32, 10))).largest()).eval()
     ctx = ExportContext(tmp_path, torch.randn(1, 3, 32, 32), Target.parse("tensorrt:cuda"), {})
     OnnxExporter().export(net, ctx)
     checked = check_graph(onnx.load(str(tmp_path / "model.onnx")))

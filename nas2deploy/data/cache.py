@@ -26,7 +26,7 @@ import torch
 from ..env import open_bar, write_json_atomic
 from ..errors import UsageError
 from .datasets import Progress
-from .loaders import worker_context
+from .loaders import default_workers, worker_context
 from .transforms import open_rgb, square
 
 FORMAT = "nas2deploy-folder-cache"
@@ -130,14 +130,16 @@ class _Squares(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(square(open_rgb(self.files[i], draft=self.side), self.side))
+        # a copy: Pillow's pixels are read-only, which torch warns about
+        return torch.from_numpy(np.array(square(open_rgb(self.files[i], draft=self.side),
+                                                self.side)))
 
 
 def _build(array_path: Path, index_path: Path, root: Path, files: Sequence[Path],
            listing: list[list[Any]], side: int, input_size: int, workers: int | None,
            progress: Progress | None) -> None:
     if workers is None:
-        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+        workers = default_workers()
     loader = torch.utils.data.DataLoader(_Squares(files, side), batch_size=_BUILD_BATCH,
                                          num_workers=workers,
                                          multiprocessing_context=worker_context() if workers else None)

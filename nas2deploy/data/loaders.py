@@ -46,7 +46,13 @@ class EpochShuffle(Sampler[int]):
 
 
 def default_workers() -> int:
-    """min(4, CPUs - 1), at least 0: one core is left to the training loop."""
+    """``NAS2DEPLOY_WORKERS`` if set, else min(4, CPUs - 1), at least 0: one core is left to the
+    training loop."""
+    env = os.environ.get("NAS2DEPLOY_WORKERS", "").strip()
+    if env:
+        if not env.isdigit():
+            raise UsageError(f"NAS2DEPLOY_WORKERS must be an integer >= 0, not {env!r}")
+        return int(env)
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -88,6 +94,16 @@ def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     for i, (x, _) in enumerate(batch):
         out[i].copy_(x)
     return out, torch.stack([torch.as_tensor(y, dtype=torch.int64) for _, y in batch])
+
+
+def shutdown(loader: DataLoader) -> None:
+    """Stop ``loader``'s worker processes now. Left to the garbage collector, a persistent
+    iterator shuts its workers down at whatever point a collection happens to run, which in the
+    test suite, with OpenVINO and onnxruntime loaded, crashed the process."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

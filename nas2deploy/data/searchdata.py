@@ -21,111 +21,198 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..train import epoch_batches
-
-SPLITS = ("weights", "arch", "val")
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class SearchData:
-    """The weight split, the architecture split and the held-out split of a search."""
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """One shuffled pass in batches; a trailing batch of one image is dropped (train-mode BN
+    cannot normalise a batch of one)."""
+    order = torch.randperm(n, generator=gen)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out.pop()
+    return out
 
-    def __init__(self, x_weights: torch.Tensor, y_weights: torch.Tensor, x_arch: torch.Tensor,
-                 y_arch: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *,
+
+class Batches:
+    """Named splits batched on a device: in memory (``Batches.in_memory``: normalised tensors)
+    or streamed (``Batches.streamed``: datasets of uint8 images and the normalisation)."""
+
+    def __init__(self, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
                  device: torch.device | str = "cpu"):
-        self.x_weights, self.y_weights = x_weights, y_weights
-        self.x_arch, self.y_arch = x_arch, y_arch
-        self.x_val, self.y_val = x_val, y_val
+        self._tensors_by_split = dict(tensors)
         self.device = torch.device(device)
         self._streams: dict[str, torch.utils.data.Dataset] | None = None
 
     @classmethod
-    def streamed(cls, weights: torch.utils.data.Dataset, arch: torch.utils.data.Dataset,
-                 val: torch.utils.data.Dataset, *,
+    def in_memory(cls, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
+                  device: torch.device | str = "cpu") -> "Batches":
+        return cls(tensors, device=device)
+
+    @classmethod
+    def streamed(cls, datasets: dict[str, torch.utils.data.Dataset], *,
                  normalize: Callable[[torch.Tensor, torch.device], torch.Tensor],
                  device: torch.device | str = "cpu", workers: int | None = None,
-                 seed: int = 0) -> "SearchData":
-        empty = torch.empty(0)
-        data = cls(empty, empty, empty, empty, empty, empty, device=device)
-        data._streams = {"weights": weights, "arch": arch, "val": val}
+                 seed: int = 0) -> "Batches":
+        data = cls.__new__(cls)
+        Batches.__init__(data, {}, device=device)
+        data._streams = dict(datasets)
         data._normalize, data._workers, data._seed = normalize, workers, seed
-        data._loaders: dict[tuple[str, int, bool], torch.utils.data.DataLoader] = {}
-        data._passes = {s: 0 for s in SPLITS}
+        data._loaders = {}
+        data._passes = {name: 0 for name in datasets}
         return data
 
     @property
     def is_streamed(self) -> bool:
         return self._streams is not None
 
+    @property
+    def splits(self) -> list[str]:
+        return list(self._streams if self._streams is not None else self._tensors_by_split)
+
     def size(self, split: str) -> int:
         if self._streams is not None:
-            return len(self._streams[split])
+            return len(self._stream(split))
         return len(self._tensors(split)[0])
 
-    def n_batches(self, split: str, batch_size: int) -> int:
-        """Batches in one ``epoch`` pass (a trailing batch of one image is dropped)."""
+    def n_batches(self, split: str, batch_size: int, drop_single: bool = True) -> int:
+        """Batches in one ``epoch`` pass."""
         n = self.size(split)
         k = -(-n // batch_size)
-        return k - 1 if k > 1 and n - (k - 1) * batch_size < 2 else k
+        return k - 1 if drop_single and k > 1 and n - (k - 1) * batch_size < 2 else k
 
-    def epoch(self, split: str, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-        """One shuffled pass (with augmentation where the split has it)."""
+    def epoch(self, split: str, batch_size: int, gen: torch.Generator,
+              drop_single: bool = True) -> Iterator[Batch]:
+        """One shuffled pass (with augmentation where the split has it). ``drop_single``: a
+        trailing batch of one image is dropped (train-mode BN cannot normalise it)."""
         if self._streams is None:
             x, y = self._tensors(split)
-            for idx in epoch_batches(len(x), batch_size, gen):
+            if drop_single:
+                order = epoch_batches(len(x), batch_size, gen)
+            else:
+                perm = torch.randperm(len(x), generator=gen)
+                order = [perm[i:i + batch_size] for i in range(0, len(x), batch_size)]
+            for idx in order:
                 yield x[idx].to(self.device), y[idx].to(self.device)
             return
-        loader = self._loader(split, batch_size, shuffle=True)
         from .loaders import set_epoch
 
+        loader = self._loader(split, batch_size, shuffle=True)
         set_epoch(loader, self._passes[split])
         self._passes[split] += 1
-        n = self.n_batches(split, batch_size)
+        n = self.n_batches(split, batch_size, drop_single)
         for i, (x, y) in enumerate(loader):
-            if i >= n:
-                break  # the trailing single image: train-mode BN cannot normalise it
-            yield self._normalize(x, self.device), y.to(self.device, non_blocking=True)
+            if i < n:  # past n: the trailing single image, read but not used (see ``close``)
+                yield self._normalize(x, self.device), y.to(self.device, non_blocking=True)
 
     def cycle(self, split: str, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
         """``epoch`` pass after pass, for a split stepped alongside another."""
         while True:
             yield from self.epoch(split, batch_size, gen)
 
-    def ordered(self, split: str, batch_size: int = 256, limit: int | None = None) -> Iterator[Batch]:
-        """The split in order, without augmentation: at most ``limit`` images."""
+    def ordered(self, split: str, batch_size: int = 256, limit: int | None = None,
+                device: torch.device | str | None = None) -> Iterator[Batch]:
+        """The split in order, without augmentation: at most ``limit`` images, on ``device``
+        (default: the data's)."""
+        device = self.device if device is None else torch.device(device)
         limit = self.size(split) if limit is None else min(limit, self.size(split))
         if self._streams is None:
             x, y = self._tensors(split)
             for i in range(0, limit, batch_size):
                 j = min(i + batch_size, limit)
-                yield x[i:j].to(self.device), y[i:j].to(self.device)
+                yield x[i:j].to(device), y[i:j].to(device)
             return
-        seen = 0
-        for x, y in self._loader(split, batch_size, shuffle=False):
-            if seen >= limit:
-                break
-            x, y = x[:limit - seen], y[:limit - seen]
-            seen += len(x)
-            yield self._normalize(x, self.device), y.to(self.device, non_blocking=True)
+        for x, y in self._loader(split, batch_size, shuffle=False, limit=limit):
+            yield self._normalize(x, device), y.to(device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop every loader's workers. Passes run to the end of their loader (a trailing
+        single image is read and dropped, ``ordered`` reads a subset): a loader iterator left
+        half-way would otherwise stop its workers whenever the garbage collector gets to it."""
+        if self._streams is None:
+            return
+        from .loaders import shutdown
+
+        for loader in self._loaders.values():
+            shutdown(loader)
+        self._loaders.clear()
+
+    def __enter__(self) -> "Batches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def first(self, split: str, n: int) -> torch.Tensor:
+        """The first ``n`` images of ``split`` (in order, normalised) on the CPU."""
+        parts = [x for x, _ in self.ordered(split, batch_size=min(max(n, 1), 256), limit=n,
+                                            device="cpu")]
+        return torch.cat(parts) if parts else torch.empty(0)
 
     def _tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-        return getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        if split not in self._tensors_by_split:
+            raise ValueError(f"split must be one of {self.splits}, not {split!r}")
+        return self._tensors_by_split[split]
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
+    def _stream(self, split: str) -> torch.utils.data.Dataset:
+        assert self._streams is not None
+        if split not in self._streams:
+            raise ValueError(f"split must be one of {self.splits}, not {split!r}")
+        return self._streams[split]
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool,
+                limit: int | None = None) -> torch.utils.data.DataLoader:
         from .loaders import make_loader
 
-        key = (split, batch_size, shuffle)
+        key = (split, batch_size, shuffle, limit)
         if key not in self._loaders:
-            ds = self._streams[split]
+            ds = self._stream(split)
             if not shuffle and hasattr(ds, "eval_view"):
                 ds = ds.eval_view()
-            offset = SPLITS.index(split)
+            if limit is not None and limit < len(ds):
+                ds = torch.utils.data.Subset(ds, range(limit))
+            offset = self.splits.index(split)
             self._loaders[key] = make_loader(ds, batch_size=batch_size, shuffle=shuffle,
-                                             seed=self._seed * len(SPLITS) + offset,
+                                             seed=self._seed * 8 + offset,
                                              workers=self._workers, device=self.device)
         return self._loaders[key]
+
+
+class SearchData(Batches):
+    """A search's splits: ``weights`` (weight steps), ``arch`` (architecture steps), ``val``
+    (held out from both, for reporting). Built from six tensors, or ``SearchData.streamed``
+    with datasets under those three names."""
+
+    def __init__(self, x_weights: torch.Tensor, y_weights: torch.Tensor, x_arch: torch.Tensor,
+                 y_arch: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *,
+                 device: torch.device | str = "cpu"):
+        super().__init__({"weights": (x_weights, y_weights), "arch": (x_arch, y_arch),
+                          "val": (x_val, y_val)}, device=device)
+
+    # the tensors of an in-memory search (tests read them)
+    @property
+    def x_weights(self) -> torch.Tensor:
+        return self._tensors("weights")[0]
+
+    @property
+    def y_weights(self) -> torch.Tensor:
+        return self._tensors("weights")[1]
+
+    @property
+    def x_arch(self) -> torch.Tensor:
+        return self._tensors("arch")[0]
+
+    @property
+    def y_arch(self) -> torch.Tensor:
+        return self._tensors("arch")[1]
+
+    @property
+    def x_val(self) -> torch.Tensor:
+        return self._tensors("val")[0]
+
+    @property
+    def y_val(self) -> torch.Tensor:
+        return self._tensors("val")[1]
 
 
 class Part(torch.utils.data.Dataset):

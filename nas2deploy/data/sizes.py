@@ -53,13 +53,14 @@ def dataset_info(spec: str) -> DatasetInfo:
 
 
 def check_dataset(spec: str, *, input_size: int, batch: int = 1,
-                  train_copies: int = 1) -> DatasetInfo:
+                  train_copies: int = 1, streamed: bool = False) -> DatasetInfo:
     """Everything about ``spec`` that can be checked before loading it: that it fits in memory
-    at ``input_size`` (with ``train_copies`` float copies of the train split), and that its
-    test split fills one ``batch``, which parity checks and the verdict run whole."""
+    at ``input_size`` (with ``train_copies`` float copies of the train split; ``streamed``: as
+    ``open_dataset`` holds it), and that its test split fills one ``batch``, which parity
+    checks and the verdict run whole."""
     parse_dataset_spec(spec)
     size = _check_input_size(input_size)
-    _check_memory(spec, size, train_copies)
+    _check_memory(spec, size, train_copies, streamed)
     info = dataset_info(spec)
     n = info.sizes["test"]
     if batch > n:
@@ -103,9 +104,25 @@ def estimate_memory(spec: str, *, input_size: int, train_copies: int = 1) -> int
     return max(peak, n * per_image + (train_copies - 1) * n_train * per_image)
 
 
-def _check_memory(spec: str, size: int, train_copies: int) -> None:
-    """Refuse, before anything is read, a dataset whose float copy cannot fit in memory."""
-    need = estimate_memory(spec, input_size=size, train_copies=train_copies)
+def estimate_stream_memory(spec: str, *, input_size: int) -> int:
+    """Bytes ``open_dataset`` holds for ``spec``: digits as ``load_dataset`` (two float copies
+    of its images), CIFAR-10 its uint8 arrays (3072 bytes an image, bounded by the batch files'
+    sizes), a folder its paths and labels only (images are decoded per batch)."""
+    kind, path = parse_dataset_spec(spec)
+    size = _check_input_size(input_size)
+    if kind == "digits":
+        return 2 * sum(DIGITS_CLASS_COUNTS) * size * size * 4
+    assert path is not None
+    if kind == "folder":
+        return 512 * len(_list_folder(path)[1])
+    d = _cifar_dir(path)
+    return sum((d / f).stat().st_size for f in (*CIFAR_TRAIN_FILES, "test_batch"))
+
+
+def _check_memory(spec: str, size: int, train_copies: int, streamed: bool = False) -> None:
+    """Refuse, before anything is read, a dataset that cannot fit in memory."""
+    need = (estimate_stream_memory(spec, input_size=size) if streamed
+            else estimate_memory(spec, input_size=size, train_copies=train_copies))
     avail = available_memory()
     if avail is None or need <= avail:
         return

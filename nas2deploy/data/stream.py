@@ -36,6 +36,7 @@ from .datasets import (_CIFAR_IMAGE_BYTES, CIFAR_FILES, CIFAR_TRAIN_FILES, CIFAR
 from .folder import _list_folder
 from .loader import load_dataset
 from .loaders import check_seed as _check_seed
+from .searchdata import Batches, Part, SearchData
 from .transforms import (PAD, RRC_SCALE, centre_crop, open_rgb, pad_crop_flip,
                          random_resized_crop, resize_chw, resize_side, rrc_flip_chw, square,
                          to_chw)
@@ -92,6 +93,37 @@ class Splits:
             "streamed": True,
             "cache": self.cache,
         }
+
+    @property
+    def in_memory(self) -> bool:
+        """True for tensors already normalised in memory (digits): batched by indexing, exactly
+        as before streaming existed."""
+        return all(isinstance(s, TensorSplit) for s in (self.train, self.val, self.test))
+
+    def batches(self, *, device: torch.device | str = "cpu", workers: int | None = None) -> Batches:
+        """The "train", "val" and "test" splits batched on ``device``."""
+        if self.in_memory:
+            return Batches.in_memory({name: (s.x, s.labels) for name, s in
+                                      (("train", self.train), ("val", self.val),
+                                       ("test", self.test))}, device=device)
+        return Batches.streamed({"train": self.train, "val": self.val, "test": self.test},
+                                normalize=self.normalize, device=device, workers=workers,
+                                seed=self.seed)
+
+    def search_data(self, seed: int, *, device: torch.device | str = "cpu",
+                    workers: int | None = None) -> SearchData:
+        """A search's splits: the train split halved at random (``seed``) into the weight and the
+        architecture halves; val held out from both."""
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self.train), generator=gen)
+        half = len(perm) // 2
+        w, a = perm[:half], perm[half:]
+        if self.in_memory:
+            x, y = self.train.x, self.train.labels
+            return SearchData(x[w], y[w], x[a], y[a], self.val.x, self.val.labels, device=device)
+        return SearchData.streamed({"weights": Part(self.train, w), "arch": Part(self.train, a),
+                                    "val": self.val}, normalize=self.normalize, device=device,
+                                   workers=workers, seed=seed)
 
     def normalize(self, x: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
         """A batch on ``device`` as normalised float32: uint8 is scaled to [0, 1] and

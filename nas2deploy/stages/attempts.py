@@ -42,8 +42,8 @@ def final_attempts(run: RunState, budget: Budget, aim: Aim, sizing: Sizing, tmp:
     decision, base, subnet, width, resized = (sizing.decision, sizing.base, sizing.subnet,
                                               sizing.width, sizing.resized)
     run.timings["retrain_s"] = run.timings["export_s"] = 0.0
-    calibration = (run.ds.x_train[: cfg.calibration_samples] if target.precision == "int8"
-                   else None)
+    calibration = (run.data.first("train", cfg.calibration_samples)
+                   if target.precision == "int8" else None)
     kept: Exported | None = None
     for attempt in range(1, FINAL_ATTEMPTS + 1):
         rec, xctx = retrain_and_export(run, aim, subnet, decision.arch, width, resized, attempt, tmp,

@@ -48,13 +48,13 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
     for r in rounds:
         if r["stage"].startswith("final"):
             r["kept"] = r["stage"].endswith(f"attempt {attempt})")
-    top1 = accuracy(subnet, ds.x_test, ds.y_test)
+    top1 = accuracy(subnet, run.data.ordered("test", device="cpu"))
     # fp16/int8 verification already ran the target runtime over the whole test split
     checked = verification["parity"].get(exporter_for_runtime(target.runtime), {})
     runtime_top1 = checked.get("top1")
     if runtime_top1 is None and final is not None:
         runtime_top1 = measure_runtime_top1(
-            artifact_loader(subnet, target, tmp, xctx.artifacts)(), ds, target.batch)
+            artifact_loader(subnet, target, tmp, xctx.artifacts)(), run.data, target.batch)
     arch_final.metadata["measured_p50_ms"] = final["p50_ms"] if final else None
     if run.remote is None:
         run.side.close()
@@ -102,7 +102,7 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
         },
         "parity": verification["parity"],
         "precision": verification["precision"],
-        "accuracy": {"top1": top1, "split": "test", "samples": len(ds.y_test),
+        "accuracy": {"top1": top1, "split": "test", "samples": run.data.size("test"),
                      "runtime_top1": runtime_top1, "runtime": target.runtime},
         "model": {"params": count_params(subnet), "macs": count_macs(subnet, run.example),
                   "width_multiplier": width, "nodes": len(arch_final.network["nodes"]),
@@ -119,6 +119,9 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
         "run_config": cfg.to_dict(),
         "seed": cfg.seed,
         "timings": run.timings,
+        "compute": {**run.compute.describe(), "workers": cfg.workers,
+                    "streamed": run.data.is_streamed,
+                    "images_per_s": {**run.throughput, **_retrain_rate(history_retrain)}},
         "environment": environment(),
     }
     from ..report import write_report  # matplotlib is only needed here
@@ -129,3 +132,8 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
                           if key != "manifest"}
     write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _retrain_rate(history: list[dict[str, Any]]) -> dict[str, float]:
+    rates = [r["images_per_s"] for r in history if "images_per_s" in r]
+    return {"retrain_images_per_s": sum(rates) / len(rates)} if rates else {}

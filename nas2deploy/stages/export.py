@@ -16,13 +16,15 @@ from .. import __version__, registry
 from ..architecture import Architecture
 from ..config import RunConfig
 from ..data import Dataset
+from ..data.searchdata import Batches
+from ..device import on
 from ..errors import PrecisionError
 from ..exporter import ExportContext, verify_parity
 from ..netspec import GraphNet
 from ..records import Attempt
 from ..runtime import export_chain
 from ..target import Target
-from ..train import predict, reinitialize, train
+from ..train import fit, reinitialize
 from .size import Aim
 from .state import RunState
 
@@ -32,14 +34,14 @@ def retrain_and_export(run: RunState, aim: Aim, subnet: GraphNet, arch: Architec
                        history: list[dict[str, Any]],
                        calibration: torch.Tensor | None) -> tuple[Attempt, ExportContext]:
     """Retrains ``subnet`` in place, exports it into ``tmp/.attempt-N`` and verifies it."""
-    cfg, ds, target, log = run.cfg, run.ds, run.target, run.log
+    cfg, data, target, log = run.cfg, run.data, run.target, run.log
     if cfg.retrain_from == "scratch":
         reinitialize(subnet, cfg.seed)
-    log(f"retraining ({cfg.retrain_from}) for {cfg.retrain_epochs} epochs")
-    run.timings["retrain_s"] += train(
-        subnet, ds.x_train, ds.y_train, epochs=cfg.retrain_epochs, seed=cfg.seed,
-        x_val=ds.x_val, y_val=ds.y_val, progress=run.progress, desc="retrain",
-        history=history)
+    log(f"retraining ({cfg.retrain_from}) for {cfg.retrain_epochs} epochs on {data.device}")
+    with on(subnet, run.compute):
+        run.timings["retrain_s"] += fit(
+            subnet, data, epochs=cfg.retrain_epochs, seed=cfg.seed, progress=run.progress,
+            desc="retrain", history=history, compute=run.compute)
     subnet.eval()
     arch_final = Architecture(method=arch.method, network=subnet.spec(), space=arch.space,
                               decisions=arch.decisions, width_multiplier=width, seed=cfg.seed,
@@ -50,18 +52,32 @@ def retrain_and_export(run: RunState, aim: Aim, subnet: GraphNet, arch: Architec
     log(f"exporting {', '.join(exports)}")
     t = time.perf_counter()
     folder = tmp / f".attempt-{attempt}"
-    xctx = ExportContext(folder, ds.x_test[: target.batch].clone(), target,
+    xctx = ExportContext(folder, data.first("test", target.batch), target,
                          {"nas2deploy_version": __version__,
                           "architecture": arch_final.to_json()},
                          calibration=calibration)
     export_chain(subnet, exports, xctx)
-    verification = (run.verify or verify)(subnet, exports, xctx, ds, cfg)
+    verification = (run.verify or verify)(subnet, exports, xctx, data, cfg)
     run.timings["export_s"] += time.perf_counter() - t
     return Attempt(attempt, width, arch_final, str(folder), verification, resized), xctx
 
 
-def verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Dataset,
-            cfg: RunConfig) -> dict[str, Any]:
+def as_batches(ds: Dataset | Batches) -> Batches:
+    """``ds`` as ``Batches`` (an in-memory ``Dataset``'s splits wrapped, not copied)."""
+    if isinstance(ds, Batches):
+        return ds
+    return Batches.in_memory({"train": (ds.x_train, ds.y_train), "val": (ds.x_val, ds.y_val),
+                              "test": (ds.x_test, ds.y_test)})
+
+
+def eval_batches(data: Batches, batch: int, n: int):
+    """The first ``n`` test images in runtime batches of ``batch``, on the CPU."""
+    return data.ordered("test", batch_size=batch, limit=n, device="cpu")
+
+
+@torch.no_grad()
+def verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Dataset | Batches,
+           cfg: RunConfig) -> dict[str, Any]:
     """Every exported runtime against the fp32 PyTorch subnet on real test images.
 
     fp32: max |logit difference| within the exporter's tolerance. fp16/int8, whose logits move by
@@ -79,10 +95,16 @@ def verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Datase
         onnx_info = xctx.artifacts.get("onnx").info if "onnx" in xctx.artifacts else {}
         if "quantization" in onnx_info:
             precision["quantization"] = onnx_info["quantization"]
-    n_test = len(ds.x_test) // batch * batch
+    data = as_batches(ds)
+    n_test = data.size("test") // batch * batch
     if target.precision != "fp32":  # the reference of the agreement check, once for all runtimes
-        ref_top1 = predict(subnet, ds.x_test[:n_test]).argmax(1)
-        ref_acc = float((ref_top1 == ds.y_test[:n_test]).float().mean())
+        subnet.eval()
+        ref, labels = [], []
+        for x, y in eval_batches(data, batch, n_test):
+            ref.append(subnet(x).argmax(1))
+            labels.append(y)
+        ref_top1, y_test = torch.cat(ref), torch.cat(labels)
+        ref_acc = float((ref_top1 == y_test).float().mean())
     for name in exports:
         exporter = registry.exporters.get(name)()
         art = xctx.artifacts[name]
@@ -93,18 +115,17 @@ def verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Datase
                     target.precision, batch, target.threads)
         run = exporter.runner(xctx.bundle_dir, art, rt)
         if target.precision == "fp32":
-            n = max(batch, min(cfg.parity_samples, len(ds.x_test)) // batch * batch)
+            n = max(batch, min(cfg.parity_samples, data.size("test")) // batch * batch)
             worst = 0.0
-            for i in range(0, n, batch):
-                worst = max(worst, verify_parity(subnet, run, ds.x_test[i:i + batch],
-                                                 atol=exporter.parity_atol))
+            for x, _ in eval_batches(data, batch, n):
+                worst = max(worst, verify_parity(subnet, run, x, atol=exporter.parity_atol))
             parity[name] = {"verified": True, "max_abs_diff": worst, "atol": exporter.parity_atol,
                             "samples": n, "inputs": "test split"}
             continue
-        got = np.concatenate([np.asarray(run(ds.x_test[i:i + batch].numpy())).argmax(1)
-                              for i in range(0, n_test, batch)])
+        got = np.concatenate([np.asarray(run(x.numpy())).argmax(1)
+                              for x, _ in eval_batches(data, batch, n_test)])
         agreement = float((got == ref_top1.numpy()).mean())
-        acc = float((got == ds.y_test[:n_test].numpy()).mean())
+        acc = float((got == y_test.numpy()).mean())
         drop = 100.0 * (ref_acc - acc) or 0.0  # no "-0.00 points"
         parity[name] = {"verified": True, "top1_agreement": agreement, "top1": acc,
                         "reference_top1": ref_acc, "accuracy_drop_points": drop,
@@ -119,10 +140,10 @@ def verify(subnet: GraphNet, exports: list[str], xctx: ExportContext, ds: Datase
     return {"parity": parity, "precision": precision}
 
 
-def runtime_top1(run, ds: Dataset, batch: int) -> float:
-    n = len(ds.x_test) // batch * batch
+def runtime_top1(run, ds: Dataset | Batches, batch: int) -> float:
+    data = as_batches(ds)
+    n = data.size("test") // batch * batch
     correct = 0
-    for i in range(0, n, batch):
-        logits = run(ds.x_test[i:i + batch].numpy())
-        correct += int((torch.from_numpy(logits).argmax(1) == ds.y_test[i:i + batch]).sum())
+    for x, y in eval_batches(data, batch, n):
+        correct += int((torch.from_numpy(run(x.numpy())).argmax(1) == y).sum())
     return correct / n if n else math.nan

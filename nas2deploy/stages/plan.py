@@ -3,13 +3,17 @@ nothing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from .. import registry
 from ..outdir import OutLock, claim_out
 from ..config import RunConfig
-from ..data import check_dataset
+from ..data import check_cache_dir, check_dataset
+from ..device import Compute
+from ..device import resolve as resolve_compute
 from ..errors import UsageError
 from ..latency.collect import check_precision
 from ..method import SearchMethod
@@ -28,6 +32,7 @@ class Plan:
     out: Path
     remote: str | None = None  # why the target's artifact cannot be timed on this machine
     lock: OutLock | None = None  # --out, held from the plan to the commit
+    compute: Compute = field(default_factory=lambda: Compute(torch.device("cpu"), "off"))
 
     def release(self) -> None:
         if self.lock is not None:
@@ -36,6 +41,9 @@ class Plan:
 
 def plan(cfg: RunConfig) -> Plan:
     cfg.validate()
+    compute = resolve_compute(cfg.device, cfg.amp)  # where search and retrain run
+    if cfg.cache is not None:
+        check_cache_dir(cfg.cache)
     target = Target.parse(cfg.target, batch=cfg.batch, threads=cfg.threads)
     check_target_device(target)
     method = registry.methods.get(cfg.method)(cfg.method_options)
@@ -61,9 +69,10 @@ def plan(cfg: RunConfig) -> Plan:
                 f"--lut FILE here")
         if cfg.max_rounds < 1:
             raise UsageError("--max-rounds must be >= 1")
-    # train_copies=2: the search splits copy the train images
-    check_dataset(cfg.dataset, input_size=cfg.input_size, batch=cfg.batch, train_copies=2)
+    # streamed: uint8 arrays or file paths (digits: in memory, the search halves a copy)
+    check_dataset(cfg.dataset, input_size=cfg.input_size, batch=cfg.batch, train_copies=2,
+                  streamed=True)
     out = Path(cfg.out)
     # last: whatever fails after the lock is taken must release it
     lock = claim_out(out, cfg.overwrite)
-    return Plan(cfg, target, method, exports, out, remote, lock)
+    return Plan(cfg, target, method, exports, out, remote, lock, compute)

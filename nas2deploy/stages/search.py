@@ -11,9 +11,9 @@ import torch
 
 from ..architecture import Architecture
 from ..counting import count_macs
-from ..data import Dataset
 from ..materialize import materialize
-from ..method import Decision, SearchContext, SearchData
+from ..device import Compute, on
+from ..method import Decision, SearchContext
 from ..netspec import GraphNet
 from ..records import Budget
 from .size import Aim
@@ -32,18 +32,16 @@ class SearchResult:
     epochs: int
 
 
-def split_for_search(ds: Dataset, seed: int) -> SearchData:
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(ds.x_train), generator=gen)
-    half = len(perm) // 2
-    w, a = perm[:half], perm[half:]
-    return SearchData(ds.x_train[w], ds.y_train[w], ds.x_train[a], ds.y_train[a], ds.x_val, ds.y_val)
-
-
 def search(run: RunState, budget: Budget) -> SearchResult:
     cfg, method, lat_model, log = run.cfg, run.method, run.lat_model, run.log
     epochs = cfg.search_epochs or method.default_search_epochs
-    ctx = SearchContext(data=split_for_search(run.ds, cfg.seed), epochs=epochs, seed=cfg.seed,
+    compute = run.compute
+    if compute.device.type != "cpu" and not method.runs_on_gpu:
+        log(f"{method.name} has not declared GPU support (SearchMethod.runs_on_gpu): searching "
+            f"on the CPU, retraining on {compute.device}")
+        compute = Compute(torch.device("cpu"), "off")
+    data = run.ds.search_data(cfg.seed, device=compute.device, workers=cfg.workers)
+    ctx = SearchContext(data=data, epochs=epochs, seed=cfg.seed,
                         budget_ms=budget.budget_ms, latency_model=lat_model,
                         progress=run.progress, log=log, channel_multiple=run.multiple,
                         aim=Aim.AIM, resize_band=Aim.RESIZE_BAND)
@@ -62,10 +60,14 @@ def search(run: RunState, budget: Budget) -> SearchResult:
             return rep.p50_ms
 
         ctx.measure = measure_spec
-    log(f"searching with {method.name} for {epochs} epochs")
+    log(f"searching with {method.name} for {epochs} epochs on {data.device}")
     t = time.perf_counter()
-    searched = method.search(run.supernet, ctx)
+    with on(run.supernet, compute), data:  # the search's loaders stop with it
+        searched = method.search(run.supernet, ctx)
     run.timings["search_s"] = time.perf_counter() - t
+    # the weight split's images seen per second (a method's other passes ride along)
+    run.throughput["search_images_per_s"] = (epochs * data.size("weights")
+                                             / max(run.timings["search_s"], 1e-9))
     decision = method.decide(run.supernet, searched)
     base = run.materialize_decided(decision)
     base_spec = base.spec()

@@ -10,7 +10,9 @@ from typing import Any, Callable
 import torch
 
 from ..config import RunConfig
-from ..data import Dataset
+from ..data import Splits
+from ..data.searchdata import Batches
+from ..device import Compute
 from ..materialize import materialize, scale_width
 from ..method import Decision, SearchMethod, TaskSpec
 from ..netspec import GraphNet
@@ -22,7 +24,7 @@ from .plan import Plan
 @dataclass
 class RunState:
     plan: Plan
-    ds: Dataset
+    ds: Splits
     task: TaskSpec
     shape: tuple[int, int, int, int]
     multiple: int  # channel multiple the target runs best
@@ -31,12 +33,18 @@ class RunState:
     log: Callable[[str], None]
     progress: Callable[..., Any]
     timings: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)  # images/s per stage
     example: torch.Tensor | None = None  # a one-sample input, for counting MACs
     side: Any = None  # SideBySide with the largest subnet; None where the target is not timed here
     lat_model: Any = None
     # verify(subnet, exports, xctx, ds, cfg) -> {"parity", "precision"}: the export stage's check
     # (stages.export.verify unless the caller gives another)
     verify: Callable[..., dict[str, Any]] | None = None
+    data: Batches | None = None  # train/val/test batched on the run's device (set by the pipeline)
+
+    @property
+    def compute(self) -> Compute:
+        return self.plan.compute
 
     @property
     def cfg(self) -> RunConfig:

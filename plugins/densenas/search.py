@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas2deploy.train import epoch_batches
 
 from .config import PAPER_ARCH_LR, PAPER_ARCH_STEPS, PAPER_BATCH, PAPER_LR, DenseNASConfig
 from .derive import Choice, build_spec, choice_cost, expected_cost, viterbi_choice
@@ -121,12 +120,11 @@ def split_epochs(total: int, warmup_fraction: float) -> int:
 
 
 @torch.no_grad()
-def validate(net: DenseNASSupernet, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 of the whole supernet (every candidate, softmax(α)-weighted) with batch-statistics
-    BN, as the paper validates it. BN momentum is set to 0 meanwhile, so running statistics
-    (which the derived net inherits) are not touched by the validation data."""
-    if len(x) == 0:
-        return float("nan")
+def validate(net: DenseNASSupernet, batches) -> float:
+    """Top-1 of the whole supernet (every candidate, softmax(α)-weighted) on ``(x, y)`` batches
+    with batch-statistics BN, as the paper validates it. BN momentum is set to 0 meanwhile, so
+    running statistics (which the derived net inherits) are not touched by the validation
+    data."""
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
     was = net.training
@@ -136,19 +134,23 @@ def validate(net: DenseNASSupernet, x: torch.Tensor, y: torch.Tensor, batch: int
         net.train()
         heads, stacks = net.full_selection()
         p = net.transition_probs()
-        correct = 0
-        for i in range(0, len(x), batch):
-            xb = x[i:i + batch]
-            if len(xb) < 2:
-                xb = x[max(0, i - 1):i + batch]  # train-mode BN needs two images
-                correct += int((net(xb, heads, stacks, p)[-1:].argmax(1) == y[i:i + batch]).sum())
-                continue
-            correct += int((net(xb, heads, stacks, p).argmax(1) == y[i:i + batch]).sum())
+        correct = total = 0
+        last = None  # the previous batch's last image
+        for xb, yb in batches:
+            xb = _cl(xb)
+            if len(xb) < 2 and last is not None:
+                # train-mode BN needs two images: borrow the previous one, score only this
+                out = net(torch.cat([last, xb]), heads, stacks, p)[-len(xb):]
+            else:
+                out = net(xb, heads, stacks, p)
+            correct += int((out.argmax(1) == yb).sum())
+            total += len(yb)
+            last = xb[-1:]
     finally:
         for m, mom in zip(bns, saved):
             m.momentum = mom
         net.train(was)
-    return correct / len(x)
+    return correct / total if total else float("nan")
 
 
 class Searcher:
@@ -255,8 +257,7 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     epochs = int(ctx.epochs)
     n_warm = split_epochs(epochs, cfg.warmup_fraction)
     select_start = min(epochs - 1, max(n_warm, int(math.floor(cfg.select_from * epochs))))
-    nw = len(epoch_batches(len(data.x_weights), bs, torch.Generator().manual_seed(0)))
-    na = len(epoch_batches(len(data.x_arch), bs, torch.Generator().manual_seed(0)))
+    nw, na = data.n_batches("weights", bs), data.n_batches("arch", bs)
     searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs)
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
@@ -277,19 +278,18 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
             t0 = time.perf_counter()
             a_losses, a_costs = [], []
             if phase == "search":
-                for idx in epoch_batches(len(data.x_arch), bs, gen_a):
-                    loss, c = searcher.arch_step(_cl(data.x_arch[idx]), data.y_arch[idx])
+                for xa, ya in data.epoch("arch", bs, gen_a):
+                    loss, c = searcher.arch_step(_cl(xa), ya)
                     a_losses.append(loss)
                     a_costs.append(c)
                     if bar is not None:
                         bar.update(1)
             w_losses = []
-            for idx in epoch_batches(len(data.x_weights), bs, gen_w):
-                w_losses.append(searcher.weight_step(_cl(data.x_weights[idx]), data.y_weights[idx],
-                                                     uniform=phase == "warmup"))
+            for xw, yw in data.epoch("weights", bs, gen_w):
+                w_losses.append(searcher.weight_step(_cl(xw), yw, uniform=phase == "warmup"))
                 if bar is not None:
                     bar.update(1)
-            val = validate(net, _cl(data.x_val), data.y_val)
+            val = validate(net, data.ordered("val"))
             with torch.no_grad():
                 choice = viterbi_choice(layout, net.transition_probs(), net.alpha_head, net.alpha_stack)
             rec = choice_record(layout, choice, table, unit)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas2deploy.train import accuracy, cycle_batches, epoch_batches, split_epochs
+from nas2deploy.train import accuracy, split_epochs
 
 from .config import DSONASConfig
 from .derive import alive_masks, zero_dead_edges
@@ -92,8 +92,9 @@ class Searcher:
 
 
 @torch.no_grad()
-def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_images: int = 256) -> None:
-    """Re-estimate every BN's running mean/var from (at most ``max_images`` of) ``x``.
+def recalibrate_bn(net: torch.nn.Module, batches, max_images: int = 256) -> None:
+    """Re-estimate every BN's running mean/var from ``batches`` (``(x, y)``, in order, at most
+    ``max_images`` images; a batch of one is skipped).
 
     λ move every step, and with them the scale of what each BN sees (by design: λ sits before
     conv+BN); the running averages lag behind, so an eval-mode supernet scores far below its
@@ -101,19 +102,24 @@ def recalibrate_bn(net: torch.nn.Module, x: torch.Tensor, batch_size: int, max_i
     reported accuracy and the inherited BN buffers match the current λ.
     """
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(x) == 0:
+    if not bns:
         return
     momenta = [m.momentum for m in bns]
     was = net.training
+    seen = 0
     try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-        net.train()
-        n = min(len(x), max_images)
-        for i in range(0, n, batch_size):
-            if n - i >= 2:
-                net(x[i:i + batch_size][: n - i])
+        for x, _ in batches:
+            if seen == 0:  # the first batch exists: reset only then (an empty split keeps them)
+                for m in bns:
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative average over the batches below
+                net.train()
+            x = x[: max_images - seen]
+            seen += len(x)
+            if len(x) >= 2:
+                net(x)
+            if seen >= max_images:
+                break
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -132,40 +138,40 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
     searcher = Searcher(supernet, cfg)
     n_pre, n_search = split_epochs(int(ctx.epochs), cfg.pretrain_fraction)
     total_edges = sum(p.numel() for p in searcher.a_params)
-    a_batches = cycle_batches(len(data.x_arch), bs, gen_a)
+    a_batches = data.cycle("arch", bs, gen_a)
     search_w_steps = 0  # W steps since the search phase began: every k-th is followed by a λ step
     ctx.log(f"dsonas: {n_pre} pre-train + {n_search} search epochs, {total_edges} edges, "
             f"gamma {cfg.gamma:g} ({cfg.adaptive_cost})")
 
     for epoch in range(n_pre + n_search):
         phase = "pretrain" if epoch < n_pre else "search"
-        batches = epoch_batches(len(data.x_weights), bs, gen_w)
-        bar = ctx.progress(total=len(batches), desc=f"dsonas {phase} {epoch + 1}/{n_pre + n_search}") \
+        batches = data.epoch("weights", bs, gen_w)
+        bar = ctx.progress(total=data.n_batches("weights", bs),
+                           desc=f"dsonas {phase} {epoch + 1}/{n_pre + n_search}") \
             if ctx.progress is not None else None
         t0 = time.perf_counter()
         w_losses: list[float] = []
         a_losses: list[float] = []
         w0, a0 = searcher.w_steps, searcher.arch_steps
         try:
-            for idx in batches:
-                w_losses.append(searcher.weight_step(data.x_weights[idx], data.y_weights[idx]))
+            for xw, yw in batches:
+                w_losses.append(searcher.weight_step(xw, yw))
                 if phase == "search":
                     search_w_steps += 1
                 if phase == "search" and search_w_steps % cfg.w_steps_per_arch_step == 0:
-                    aidx = next(a_batches)
-                    a_losses.append(searcher.arch_step(data.x_arch[aidx], data.y_arch[aidx]))
+                    a_losses.append(searcher.arch_step(*next(a_batches)))
                 if bar is not None:
                     bar.update(1)
             zeroed = 0
             if phase == "search" and cfg.prune_every and (epoch + 1 - n_pre) % cfg.prune_every == 0:
                 zeroed = searcher.rebuild()
             train_seconds = time.perf_counter() - t0
-            recalibrate_bn(supernet, data.x_weights, bs)
+            recalibrate_bn(supernet, data.ordered("weights", bs, limit=256))
             arch = method.decided(supernet)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "phase": phase,
                 "loss": sum(w_losses) / max(len(w_losses), 1),
-                "val_acc": accuracy(supernet, data.x_val, data.y_val),
+                "val_acc": accuracy(supernet, data.ordered("val")),
                 "alive_edges": arch.decisions["alive_edges"], "total_edges": total_edges,
                 "nonzero_lambda": int(sum(int((p != 0).sum()) for p in searcher.a_params)),
                 "w_steps": searcher.w_steps - w0, "arch_steps": searcher.arch_steps - a0,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from nas2deploy.latency import secant
-from nas2deploy.train import cycle_batches, epoch_batches, split_epochs
+from nas2deploy.train import split_epochs
 
 from .config import TFNASConfig
 from .cost import CostTable
@@ -440,30 +440,31 @@ class Searcher:
 
 
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 of the parsed architecture with the supernet's weights, BN on batch statistics.
+def accuracy(net: torch.nn.Module, batches) -> float:
+    """Top-1 of the parsed architecture with the supernet's weights on ``(x, y)`` batches, BN on
+    batch statistics.
 
     A shared op's running statistics mix the inputs of every path that ran through it, so they
     do not describe the parsed path (the usual one-shot caveat); batch statistics do. Running
     statistics are left untouched (momentum 0 for the duration).
     """
-    if len(x) == 0:
-        return float("nan")
     was = net.training
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
     net.train()
     for m in bns:
         m.momentum = 0.0
+    correct = total = 0
     try:
-        correct = sum(int((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-                      for i in range(0, len(x), batch))
+        for x, y in batches:
+            correct += int((net(x).argmax(1) == y).sum())
+            total += len(y)
     finally:
         for m, (mom, nbt) in zip(bns, saved):
             m.momentum = mom
             m.num_batches_tracked.copy_(nbt)
         net.train(was)
-    return correct / len(x)
+    return correct / total if total else float("nan")
 
 
 @dataclass
@@ -494,13 +495,13 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
     target = fraction * float(ctx.budget_ms) if ctx.budget_ms else None
     multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
     searched = Searched(table, target, multiple)
-    n_batches = len(epoch_batches(len(data.x_weights), bs, gen=torch.Generator().manual_seed(0)))
+    n_batches = data.n_batches("weights", bs)
     searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
     measure = getattr(ctx, "measure", None)
     landing = (Landing(net, table, target, measure, multiple)
                if measure is not None and target and cfg.elastic and cfg.measured_landing
                else None)
-    a_batches = cycle_batches(len(data.x_arch), bs, gen_a)
+    a_batches = data.cycle("arch", bs, gen_a)
     ctx.log(f"tfnas: {n_warm} warm-up + {n_search} search epochs, {len(net.layout.blocks)} blocks "
             f"x {net.alpha.shape[1]} ops, target T = {target if target is None else round(target, 4)} "
             f"({fraction:g} x budget; costs: {table.source})")
@@ -516,12 +517,11 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
             costs = table.op_cost_matrix(net.mids()) if (not warm and target) else None
             w_losses: list[float] = []
             a_rows: list[dict[str, float]] = []
-            for i, idx in enumerate(epoch_batches(len(data.x_weights), bs, gen_w)):
-                w_losses.append(searcher.weight_step(data.x_weights[idx], data.y_weights[idx],
-                                                     bisample=not warm))
+            for i, (xw, yw) in enumerate(data.epoch("weights", bs, gen_w)):
+                w_losses.append(searcher.weight_step(xw, yw, bisample=not warm))
                 if not warm and (i + 1) % cfg.w_steps_per_arch_step == 0:
-                    aidx = next(a_batches)
-                    a_rows.append(searcher.arch_step(data.x_arch[aidx], data.y_arch[aidx], tau, costs))
+                    xa, ya = next(a_batches)
+                    a_rows.append(searcher.arch_step(xa, ya, tau, costs))
                 if bar is not None:
                     bar.update(1)
             scaled = measured = None
@@ -539,7 +539,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "phase": phase,
                 "loss": sum(w_losses) / max(len(w_losses), 1),
-                "val_acc": accuracy(net, data.x_val, data.y_val),
+                "val_acc": accuracy(net, data.ordered("val")),
                 "predicted_ms": predicted, "temperature": tau,
                 "depths": depths, "blocks": len(blocks),
                 "mids": [all_mids[j][ops[j]] for j in blocks],

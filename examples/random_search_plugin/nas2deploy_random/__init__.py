@@ -7,7 +7,6 @@ Each sampled subnet is trained briefly on its own (no weight sharing) and scored
 
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from nas2deploy.errors import UsageError
 from nas2deploy.method import Decision, MethodConfig, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.netspec import build_network
 from nas2deploy.space import SearchSpace
-from nas2deploy.train import accuracy, train
+from nas2deploy.train import accuracy, fit
 
 CANDIDATES = {
     "sep3": {"op": "sep", "k": 3},
@@ -100,6 +99,7 @@ class RandomSearch(SearchMethod):
     paper = "Li & Talwalkar 2019, random search baseline (example third-party plugin)"
     Config = RandomConfig
     default_search_epochs = 2
+    runs_on_gpu = True  # every child is moved to the data's device before it trains
 
     def build(self, task: TaskSpec) -> Supernet:
         return Supernet(task, self.config)
@@ -138,14 +138,16 @@ class RandomSearch(SearchMethod):
             choice = [rng.choice(self.config.ops) for _ in range(self.config.layers)]
             torch.manual_seed(ctx.seed + k)
             net = build_network(_spec(supernet.task, self.config, choice))
-            train(net, d.x_weights, d.y_weights, epochs=ctx.epochs, seed=ctx.seed + k,
-                  batch_size=ctx.batch_size)
-            score = accuracy(net, d.x_arch, d.y_arch)
+            net.to(d.device)
+            fit(net, d, split="weights", val_split=None, epochs=ctx.epochs, seed=ctx.seed + k,
+                batch_size=ctx.batch_size)
+            score = accuracy(net, d.ordered("arch"))
             scores.append({"ops": choice, "arch_acc": score})
             ctx.history.append({"epoch": k, "phase": "sample", "loss": float("nan"),
-                                "val_acc": accuracy(net, d.x_val, d.y_val), "arch_acc": score})
+                                "val_acc": accuracy(net, d.ordered("val")), "arch_acc": score})
             if score > best:
-                best, found = score, (choice, copy.deepcopy(net.state_dict()))
+                best, found = score, (choice, {k: v.detach().cpu().clone()
+                                               for k, v in net.state_dict().items()})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{best:.3f}")
