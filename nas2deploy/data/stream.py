@@ -37,13 +37,13 @@ from .folder import _list_folder
 from .loader import load_dataset
 from .loaders import check_seed as _check_seed
 from .searchdata import Batches, Part, SearchData
+from .stats import channel_stats, uint8_chunks
 from .transforms import (PAD, RRC_SCALE, centre_crop, open_rgb, pad_crop_flip,
                          random_resized_crop, resize_chw, resize_side, rrc_flip_chw, square,
                          to_chw)
 
 AUGMENTS = ("standard", "none")
 STATS_SAMPLE = 2000  # folder: train images the mean/std are estimated from
-_STATS_CHUNK_BYTES = 8 << 20  # uint8 pixels per statistics chunk (and 4x that as int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def _open_cifar10(path: Path, size: int, seed: int, augment: str,
     train = split(pool_t, tr, pool_labels, True)
     val = split(pool_t, va, pool_labels, False)
     test_split = split(test_t, np.arange(len(test)), test_labels, False)
-    mean, std = _channel_stats(_batches(CifarSplit(pool_t, tr, pool_labels[tr], input_size=size,
+    mean, std = channel_stats(uint8_chunks(CifarSplit(pool_t, tr, pool_labels[tr], input_size=size,
                                                    train=False, augment="none", seed=seed)))
     if augment == "none":
         aug = "none"
@@ -397,7 +397,7 @@ def _open_folder(path: Path, size: int, seed: int, augment: str, cache: str | Pa
     n_stats = min(len(tr), STATS_SAMPLE)
     pick = np.sort(np.random.default_rng(seed).choice(len(tr), size=n_stats, replace=False))
     sample = torch.utils.data.Subset(split(tr, False), pick.tolist())
-    mean, std = _channel_stats(_batches(sample), progress=progress, total=n_stats)
+    mean, std = channel_stats(uint8_chunks(sample), progress=progress, total=n_stats)
     stats = (f"all {len(tr)} train images" if n_stats == len(tr) else
              f"{n_stats} of {len(tr)} train images, sampled with the split seed")
     return Splits(
@@ -416,42 +416,3 @@ def _open_folder(path: Path, size: int, seed: int, augment: str, cache: str | Pa
 def _rrc_words(size: int) -> str:
     return (f"train: random-resized crop to {size}x{size} (area {RRC_SCALE[0]:g}-{RRC_SCALE[1]:g}, "
             f"ratio 3/4-4/3), horizontal flip")
-
-
-def _batches(ds: torch.utils.data.Dataset):
-    """The images of ``ds`` as N×C×H×W uint8 numpy chunks of about 8 MiB, in order, fetched
-    in this process."""
-    if len(ds) == 0:
-        return
-    first = ds[0][0].numpy()
-    per_chunk = max(1, _STATS_CHUNK_BYTES // first.size)
-    chunk = np.empty((per_chunk, *first.shape), dtype=np.uint8)
-    for start in range(0, len(ds), per_chunk):
-        stop = min(start + per_chunk, len(ds))
-        for j, i in enumerate(range(start, stop)):
-            chunk[j] = ds[i][0].numpy()  # filled in place: torch.stack of uint8 crawls on few cores
-        yield chunk[:stop - start]
-
-
-def _channel_stats(chunks, *, progress: Progress | None = None,
-                   total: int | None = None) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (population) of uint8 chunks scaled to [0, 1]; a constant
-    channel keeps std 1, as load_dataset does. The sums are of integers, exact, and need no
-    float copy of a chunk."""
-    bar = progress(total=total, desc="image statistics") if progress and total else None
-    n, s, sq = 0, 0, 0
-    try:
-        for x in chunks:
-            s = s + x.sum(axis=(0, 2, 3), dtype=np.int64)
-            x32 = x.astype(np.int32)
-            sq = sq + np.einsum("nchw,nchw->c", x32, x32, dtype=np.int64)
-            n += x.shape[0] * x.shape[2] * x.shape[3]
-            if bar is not None:
-                bar.update(x.shape[0])
-    finally:
-        if bar is not None:
-            bar.close()
-    mean = np.asarray(s, dtype=np.float64) / (255.0 * n)
-    std = np.sqrt(np.maximum(np.asarray(sq, dtype=np.float64) / (255.0 ** 2 * n) - mean ** 2, 0))
-    std = np.where(std < 1e-6, 1.0, std)
-    return [float(v) for v in mean], [float(v) for v in std]
