@@ -104,3 +104,37 @@ def on(module: torch.nn.Module, compute: Compute) -> Iterator[torch.nn.Module]:
         yield module
     finally:
         module.to("cpu", memory_format=torch.contiguous_format)
+
+
+class LossScale:
+    """Dynamic loss scaling for gradients taken with ``torch.autograd.grad`` (which
+    ``torch.amp.GradScaler`` cannot unscale: it works on ``.grad`` through an optimizer). The
+    same rule as GradScaler: start at 2**16, halve on a non-finite gradient and skip that step,
+    double after ``growth_interval`` finite steps. Disabled (scale 1, never skips) unless fp16."""
+
+    def __init__(self, compute: Compute, init: float = 2.0 ** 16, growth_interval: int = 2000):
+        self.enabled = compute.amp == "fp16"
+        self.scale = init if self.enabled else 1.0
+        self.growth_interval = growth_interval
+        self._good = 0
+        self.skipped = 0
+
+    def grads(self, loss: torch.Tensor, params: list[torch.Tensor],
+              allow_unused: bool = True) -> list[torch.Tensor | None] | None:
+        """Unscaled float32 gradients of ``loss`` w.r.t. ``params``; None (the step is to be
+        skipped) when any is inf or NaN under fp16."""
+        if not self.enabled:
+            return list(torch.autograd.grad(loss, params, allow_unused=allow_unused))
+        scaled = torch.autograd.grad(loss.float() * self.scale, params, allow_unused=allow_unused)
+        out = [None if g is None else g.float() / self.scale for g in scaled]
+        finite = all(bool(torch.isfinite(g).all()) for g in out if g is not None)
+        if not finite:
+            self.scale /= 2.0
+            self._good = 0
+            self.skipped += 1
+            return None
+        self._good += 1
+        if self._good >= self.growth_interval:
+            self.scale *= 2.0
+            self._good = 0
+        return out

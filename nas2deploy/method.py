@@ -12,6 +12,7 @@ from torch import nn
 
 from .architecture import Architecture
 from .data.searchdata import SearchData  # noqa: F401  (part of the method API)
+from .device import Compute
 from .errors import UsageError
 from .latency import LatencyModel
 from .space import SearchSpace
@@ -58,6 +59,10 @@ class SearchContext:
     # that lands its own architecture by measurement aims at the same point and window.
     aim: float = 0.95
     resize_band: float = 0.03
+    # Where the search runs and in what precision: ``data`` is batched on ``compute.device`` and
+    # the supernet sits there; forward passes go under ``compute.autocast()``; with fp16, losses
+    # are scaled (``nas2deploy.device.LossScale``).
+    compute: Compute = field(default_factory=lambda: Compute(torch.device("cpu"), "off"))
 
 
 @dataclass

@@ -44,7 +44,7 @@ def search(run: RunState, budget: Budget) -> SearchResult:
     ctx = SearchContext(data=data, epochs=epochs, seed=cfg.seed,
                         budget_ms=budget.budget_ms, latency_model=lat_model,
                         progress=run.progress, log=log, channel_multiple=run.multiple,
-                        aim=Aim.AIM, resize_band=Aim.RESIZE_BAND)
+                        aim=Aim.AIM, resize_band=Aim.RESIZE_BAND, compute=compute)
     if run.remote is None:
         side, example = run.side, run.example
 
