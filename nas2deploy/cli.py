@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,10 @@ def handled(fn):
 
 
 def _progress_factory(quiet: bool):
+    """Progress bars on a terminal; where stderr is not one (CI, torchrun, nohup, a log file),
+    one line per finished bar (an epoch, a stage) instead of carriage returns."""
+    if not quiet and not _stderr_is_tty():
+        return LineProgress
     from tqdm.auto import tqdm
 
     def make(total=None, desc=None):
@@ -91,6 +96,47 @@ def _progress_factory(quiet: bool):
                     disable=quiet, mininterval=0.5)
 
     return make
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class LineProgress:
+    """A tqdm-shaped bar that prints one line when it closes: what it counted, in how long, and
+    its last postfix (loss, accuracy)."""
+
+    def __init__(self, total=None, desc=None):
+        self.total, self.desc, self.n, self.postfix = total, desc or "", 0, {}
+        self.t0 = time.perf_counter()
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        self.postfix = {**(ordered_dict or {}), **kwargs}
+
+    def set_description(self, desc: str = "", refresh: bool = True) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        extra = "".join(f" {k} {v}" for k, v in self.postfix.items())
+        click.echo(f"[nas2deploy] {self.desc}: {done} in {time.perf_counter() - self.t0:.1f} s"
+                   f"{extra}", err=True)
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,6 +212,12 @@ def _comma_list(ctx, param, value):
                                             "reused by later runs.")
 @click.option("--workers", type=int, default=None,
               help="DataLoader worker processes (default: min(4, CPUs - 1)).")
+@click.option("--run-dir", default=None,
+              help="Folder for the run's checkpoints and measurement journal (default: OUT.run "
+                   "beside --out); kept if the run fails, removed once the bundle is written.")
+@click.option("--resume", default=None, metavar="RUN_DIR",
+              help="Continue the run whose run directory this is (same options as it was "
+                   "started with) from its last checkpoint.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="TOML file with any of these options (CLI wins); a [method-options] "
               "table holds the method's own options.")
@@ -189,10 +241,16 @@ def search_and_export_cmd(config_file: Path | None, as_json: bool, quiet: bool, 
     cfg = merge(toml_values, cli_values)
     log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
     result = search_and_export(cfg, log=log, progress=_progress_factory(quiet))
+    if "rank" in result.manifest:  # a torchrun rank other than 0: rank 0 reports
+        sys.exit(result.exit_code)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))
     _summary(result.manifest, result.out, err=as_json)
     sys.exit(result.exit_code)
+
+
+def _world(m: dict[str, Any]) -> int:
+    return int(m.get("distributed", {}).get("world_size", 1))
 
 
 def _summary(m: dict[str, Any], out: Path, err: bool) -> None:
@@ -208,7 +266,8 @@ def _summary(m: dict[str, Any], out: Path, err: bool) -> None:
                                 f"({lat['ratio_to_budget']:.2f} of budget)")
          if lat["measured"] else "not measured here"),
         ("predicted", f"{lat['predicted_ms']:.4f} ms"),
-        ("within budget", {True: "yes", False: "NO (exit 3)"}.get(
+        ("within budget", {True: "yes", False: "NO (exit 3)" if _world(m) == 1 else
+                           "NO (exit 0 under torchrun, where non-zero is a failed worker)"}.get(
             lat["within_budget"], "unverified: run `nas2deploy measure` on the device")),
         ("rounds", str(len(lat["rounds"]))),
         ("test top-1", f"{m['accuracy']['top1']:.4f}" + (

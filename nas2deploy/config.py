@@ -47,6 +47,8 @@ class RunConfig:
     augment: str = "standard"  # training augmentation of streamed datasets: standard, none
     cache: str | None = None  # a folder for the uint8 cache of a folder dataset
     workers: int | None = None  # DataLoader worker processes (None: min(4, CPUs - 1))
+    run_dir: str | None = None  # checkpoints and the measurement journal (None: OUT.run)
+    resume: str | None = None  # a run directory to continue
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -157,7 +159,8 @@ _TYPES = {"method": str, "latency_model": str, "lut": (str, type(None)), "datase
           "latency_ms": (int, float, type(None)), "latency_fraction": (int, float),
           "min_width": (int, float), "overwrite": bool, "export": list, "method_options": dict,
           "device": str, "amp": str, "augment": str, "cache": (str, type(None)),
-          "workers": (int, type(None))}
+          "workers": (int, type(None)), "run_dir": (str, type(None)),
+          "resume": (str, type(None))}
 
 
 def _check_type(name: str, val: Any) -> None:

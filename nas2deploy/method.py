@@ -13,6 +13,7 @@ from torch import nn
 from .architecture import Architecture
 from .data.searchdata import SearchData  # noqa: F401  (part of the method API)
 from .device import Compute
+from .distributed import SINGLE, World, average_
 from .errors import UsageError
 from .latency import LatencyModel
 from .space import SearchSpace
@@ -63,6 +64,39 @@ class SearchContext:
     # the supernet sits there; forward passes go under ``compute.autocast()``; with fp16, losses
     # are scaled (``nas2deploy.device.LossScale``).
     compute: Compute = field(default_factory=lambda: Compute(torch.device("cpu"), "off"))
+    # Data-parallel runs (torchrun): this rank of ``world``. ``data`` is already sharded; a
+    # method calls ``average(grads)`` on every gradient it steps with (weights and
+    # architecture parameters alike) and draws sampled paths from generators seeded from
+    # ``seed`` (the same on every rank).
+    world: World = SINGLE
+    # Where the search checkpoints (a ``nas2deploy.checkpoint.Loop``, set by the pipeline with
+    # its run directory; None: no checkpoints): see ``save_state`` and ``restore_state``.
+    checkpoints: Any = None
+
+    def average(self, tensors: Any) -> None:
+        """Average gradients (or any tensors) across ranks in place; a no-op on one process."""
+        average_(tensors, self.world)
+
+    def save_state(self, epoch: int, state: dict[str, Any]) -> None:
+        """Checkpoint after ``epoch`` finished epochs. ``state``: a tree of dicts, lists,
+        numbers, strings, tensors and ``torch.Generator``s holding everything the method's loop
+        needs to go on exactly (the supernet's ``state_dict()``, its optimizers' state, its
+        generators, data cycles' ``state()``, counters). The context adds ``history``,
+        ``measurements`` and this rank's global RNG states."""
+        if self.checkpoints is not None:
+            self.checkpoints.save(epoch, {"state": state, "history": self.history,
+                                          "measurements": self.measurements})
+
+    def restore_state(self) -> tuple[int, dict[str, Any]] | None:
+        """(finished epochs, the method's state) of the last checkpoint when resuming, with
+        ``history``, ``measurements`` and the RNG states put back; None when starting afresh."""
+        loaded = self.checkpoints.load(self.log) if self.checkpoints is not None else None
+        if loaded is None:
+            return None
+        epoch, tree = loaded
+        self.history[:] = tree["history"]
+        self.measurements[:] = tree["measurements"]
+        return epoch, tree["state"]
 
 
 @dataclass

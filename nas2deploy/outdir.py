@@ -40,7 +40,8 @@ def _pause(step: str) -> None:
     step (writing its pid to NAS2DEPLOY_PAUSE_FILE) so that tests/test_bundle_safety.py can kill
     it exactly there. Steps: "staged" (bundle complete, before the commit), "exchanged" (new
     bundle in place, old one not yet removed), "parked" (two-rename commit: old bundle moved
-    away, new one not yet in)."""
+    away, new one not yet in); and "LOOP-N" right after a loop's checkpoint of epoch N is
+    written ("search-2", "retrain-1-3": see ``nas2deploy.checkpoint.Loop``)."""
     if os.environ.get("NAS2DEPLOY_PAUSE_AT") != step:
         return
     marker = os.environ.get("NAS2DEPLOY_PAUSE_FILE")

@@ -13,6 +13,7 @@ Each step is a stage of ``nas2deploy.stages`` handing on a record of ``nas2deplo
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from .config import RunConfig
 from .data import open_dataset
 from .env import null_progress
-from .errors import UsageError  # noqa: F401  (re-exported: callers catch pipeline.UsageError)
+from .errors import UsageError  # (re-exported: callers catch pipeline.UsageError)
 from .method import TaskSpec
 from .outdir import staged_bundle
 from .runtime import SideBySide
@@ -36,6 +37,9 @@ from .stages.search import search
 from .stages.size import Aim, size
 from .stages.state import RunState
 from .stages.verdict import VERDICT_SECONDS  # noqa: F401
+from .distributed import barrier, share
+from .outdir import scratch_prefix
+from .rundir import RunDir, default_for, identity, restarted_by_torchrun
 from .target import channel_multiple
 
 __all__ = ["Plan", "Result", "plan", "search_and_export"]
@@ -48,7 +52,11 @@ class Result:
 
     @property
     def exit_code(self) -> int:
-        # None: the target cannot be timed here; `nas2deploy measure` on the device decides
+        # None: the target cannot be timed here; `nas2deploy measure` on the device decides.
+        # Under torchrun any non-zero exit is a failed worker (restarted with --max-restarts):
+        # a missed budget is then reported, not exited with.
+        if self.manifest.get("distributed", {}).get("world_size", 1) > 1:
+            return 0
         return 3 if self.manifest["latency"]["within_budget"] is False else 0
 
 
@@ -63,11 +71,15 @@ def search_and_export(cfg: RunConfig, *, log: Callable[[str], None] = lambda m: 
 
 def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
                        progress: Callable[..., Any] | None) -> Result:
+    world = p.world
+    if not world.leader:  # rank 0 alone reports
+        log, progress = (lambda m: None), None
     progress = progress or null_progress
     t_all = time.perf_counter()
     torch.manual_seed(cfg.seed)
 
-    log(f"opening dataset {cfg.dataset} (training on {p.compute.device}, AMP {p.compute.amp})")
+    log(f"opening dataset {cfg.dataset} (training on {p.compute.device}, AMP {p.compute.amp}"
+        + (f", {world.size} processes, {world.backend}" if world.distributed else "") + ")")
     p.compute.prepare()
     t = time.perf_counter()
     ds = open_dataset(cfg.dataset, input_size=cfg.input_size, seed=cfg.seed,
@@ -75,11 +87,35 @@ def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
     data_s = time.perf_counter() - t
     task = TaskSpec(ds.channels, ds.input_size, ds.num_classes)
     supernet = p.method.build(task)
+    space = p.method.space(supernet)
+    data = ds.batches(device=p.compute.device, workers=cfg.workers)
+    if world.distributed:
+        data.shard(world.rank, world.size)
+    rundir = open_run_dir(p, cfg, space, log)
     run = RunState(p, ds, task, (p.target.batch, ds.channels, ds.input_size, ds.input_size),
-                   channel_multiple(p.target), supernet, p.method.space(supernet), log, progress,
-                   timings={"data_s": data_s}, verify=_verify,
-                   data=ds.batches(device=p.compute.device, workers=cfg.workers))
+                   channel_multiple(p.target), supernet, space, log, progress,
+                   timings={"data_s": data_s}, verify=_verify, data=data, world=world,
+                   rundir=rundir)
+    try:
+        result = _stages(p, cfg, run, t_all)
+    except UsageError:
+        # bad input found mid-run (a budget below the smallest subnet): resuming cannot help
+        if world.leader and not rundir.resumed:
+            rundir.remove()
+        raise
+    except BaseException:
+        if world.leader:
+            log(f"the run stopped; its checkpoints are kept in {rundir.path}: continue it with "
+                f"the same options and --resume {rundir.path}")
+        raise
+    barrier(world)
+    if world.leader:
+        rundir.remove()
+    return result
 
+
+def _stages(p: Plan, cfg: RunConfig, run: RunState, t_all: float) -> Result:
+    world, log = p.world, run.log
     # the largest and smallest subnet measured (or, for a device target, predicted by its
     # table), the latency model anchored on them, the budget
     budget = measure_budget(run, side_factory=SideBySide)
@@ -89,11 +125,50 @@ def _search_and_export(p: Plan, cfg: RunConfig, *, log: Callable[[str], None],
         # closed loop on the measured latency, before retraining
         sizing = size(run, budget, aim, decision)
         history_retrain: list[dict[str, Any]] = []
+        if not world.leader:  # retrains with rank 0, which alone exports and writes the bundle
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("rank")) as tmp:
+                final_attempts(run, budget, aim, sizing, Path(tmp), history_retrain)
+            within = share(world, None)
+            return Result(p.out, {"latency": {"within_budget": within}, "rank": world.rank,
+                                  "distributed": {"world_size": world.size}})
         with staged_bundle(p.out, cfg.overwrite, p.lock) as tmp:
             # retrain, export, measure the artifact; re-aim with the same Aim while attempts
             # remain
             kept = final_attempts(run, budget, aim, sizing, tmp, history_retrain)
             manifest = write_bundle(run, budget, aim, decision, sizing, kept, tmp,
                                     history_retrain, t_all)
+        share(world, lambda: manifest["latency"]["within_budget"])
     log(f"bundle written to {p.out}")
     return Result(p.out, manifest)
+
+
+def open_run_dir(p: Plan, cfg: RunConfig, space: Any, log: Callable[[str], None]) -> RunDir:
+    """The run directory: created by rank 0, or the one ``--resume`` names (or the one torchrun
+    restarts this worker group on), checked to be this run's."""
+    world = p.world
+    path = Path(cfg.resume or cfg.run_dir or default_for(p.out))
+    ident = identity(cfg.to_dict(), space.get("fingerprint"), world.size)
+    resume = cfg.resume is not None or (restarted_by_torchrun() and (path / "run.json").is_file())
+
+    def make() -> str | None:
+        try:
+            if not resume and cfg.overwrite and (path / "run.json").is_file():
+                log(f"--overwrite: discarding the unfinished run in {path}")
+                RunDir(path, ident, resumed=False, journal=False).remove()
+            rd = RunDir.resume(path, ident) if resume else RunDir.create(path, ident)
+        except UsageError as exc:
+            return str(exc)
+        made.append(rd)
+        return None
+
+    made: list[RunDir] = []
+    refused = share(world, make if world.leader else None)
+    if refused:
+        raise UsageError(refused)
+    if not world.leader:
+        return RunDir(path, ident, resumed=resume, journal=False)
+    rd = made[0]
+    if resume:
+        log(f"resuming from {path}: {len(rd.pending)} measurement(s) to replay, checkpoints "
+            f"continue the search and retrain where they stopped")
+    return rd

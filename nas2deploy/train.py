@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.searchdata import Batches, epoch_batches  # noqa: F401  (epoch_batches: re-exported)
+from .distributed import SINGLE, World, broadcast_
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True):
@@ -96,10 +97,16 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
         weight_decay: float = 1e-4, seed: int = 0, progress: Callable[..., Any] | None = None,
         desc: str = "train", history: list[dict[str, Any]] | None = None,
         label_smoothing: float = 0.0, compute: Any = None, split: str = "train",
-        val_split: str | None = "val") -> float:
+        val_split: str | None = "val", world: World = SINGLE, checkpoints: Any = None,
+        log: Callable[[str], None] = lambda m: None) -> float:
     """SGD (Nesterov, momentum 0.9) with a cosine schedule over ``data``'s ``split`` (a
     ``Batches``, on its device), scored on ``val_split`` after each epoch where it has one;
     ``compute`` (``nas2deploy.device.Compute``): mixed precision. Returns seconds spent.
+
+    ``world`` (a data-parallel run): ``data`` is sharded and the model is trained through
+    ``DistributedDataParallel`` (which starts every rank from rank 0's weights).
+    ``checkpoints`` (``nas2deploy.checkpoint.Loop``): the state after every epoch (weights,
+    optimizer, schedule, loss scale, generator, history rows), and a resume from the last one.
 
     One history row per epoch: {"epoch", "phase", "loss", "train_acc", "val_acc",
     "images_per_s"}.
@@ -113,16 +120,37 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     autocast = compute.autocast if compute is not None else contextlib.nullcontext
     scaler = compute.scaler() if compute is not None else None
+    rows: list[dict[str, Any]] = []
+    start = 0
+    loaded = checkpoints.load(log) if checkpoints is not None else None
+    if loaded is not None:
+        start, state = loaded
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        gen.set_state(state["generator"].get_state())
+        data.load_state(state["data"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rows = list(state["history"])
+    trained = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = next(model.parameters()).device
+        trained = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     bar = progress(total=steps, desc=desc) if progress else None
+    if bar is not None and start:
+        bar.update(start * (steps // epochs))
     t0 = time.perf_counter()
     try:
-        for epoch in range(epochs):
-            model.train()
+        for epoch in range(start, epochs):
+            trained.train()
             total, correct, loss_sum = 0, 0, 0.0
             t_epoch = time.perf_counter()
             for xb, yb in data.epoch(split, batch_size, gen, drop_single=False):
                 with autocast():
-                    out = model(xb)
+                    out = trained(xb)
                     loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None and scaler.is_enabled():
@@ -138,17 +166,26 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
                 total += len(yb)
                 if bar is not None:
                     bar.update(1)
+            if world.distributed:  # BN statistics of each rank's shard: rank 0's go on
+                broadcast_(model.buffers(), world)
             row = {"epoch": epoch, "phase": desc, "loss": loss_sum / total,
                    "train_acc": correct / total,
-                   "images_per_s": total / max(time.perf_counter() - t_epoch, 1e-9)}
+                   "images_per_s": total * world.size / max(time.perf_counter() - t_epoch, 1e-9)}
             if val_split in data.splits:
                 row["val_acc"] = accuracy(model, data.ordered(val_split))
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}",
                                 val_acc=f"{row.get('val_acc', float('nan')):.3f}")
-            if history is not None:
-                history.append(row)
+            rows.append(row)
+            if checkpoints is not None:
+                checkpoints.save(epoch + 1, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "schedule": sched.state_dict(), "generator": gen, "data": data.state(),
+                    "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled()
+                    else {}, "history": rows})
     finally:
         if bar is not None:
             bar.close()
+    if history is not None:
+        history.extend(rows)
     return time.perf_counter() - t0

@@ -24,15 +24,21 @@ class EpochShuffle(Sampler[int]):
     the workers. Each pass uses the current epoch and then moves to the next; ``set_epoch``
     picks one (to resume). It also tells the dataset which epoch to augment for."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int, *, rank: int = 0,
+                 world_size: int = 1, batch_size: int = 1) -> None:
         self.dataset = dataset
         self.seed = seed
         self.epoch = 0
+        # sharded (data-parallel): this rank's part of each global batch of world_size x
+        # batch_size, from the same shuffle on every rank
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return len(self.dataset) // (self.batch_size * self.world_size) * self.batch_size
         return len(self.dataset)
 
     def __iter__(self):
@@ -42,7 +48,13 @@ class EpochShuffle(Sampler[int]):
             self.dataset.set_epoch(epoch)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch])
                                               .generate_state(1, np.uint64)[0] >> 1))
-        yield from torch.randperm(len(self.dataset), generator=g).tolist()
+        perm = torch.randperm(len(self.dataset), generator=g)
+        if self.world_size == 1:
+            yield from perm.tolist()
+            return
+        size, lo = self.batch_size * self.world_size, self.batch_size * self.rank
+        for b in range(len(perm) // size):
+            yield from perm[b * size + lo: b * size + lo + self.batch_size].tolist()
 
 
 def default_workers() -> int:

@@ -43,6 +43,18 @@ class Batches:
         self._tensors_by_split = dict(tensors)
         self.device = torch.device(device)
         self._streams: dict[str, torch.utils.data.Dataset] | None = None
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> "Batches":
+        """Shuffled passes take this rank's part of each global batch of ``world_size`` x the
+        batch size (what a ``DistributedSampler`` gives, batch by batch): every rank steps the
+        same number of times, and a trailing global batch too small to share is left out.
+        ``ordered`` passes are not sharded (every rank scores the whole split)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.close()
+        self.rank, self.world_size = int(rank), int(world_size)
+        return self
 
     @classmethod
     def in_memory(cls, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
@@ -78,6 +90,8 @@ class Batches:
     def n_batches(self, split: str, batch_size: int, drop_single: bool = True) -> int:
         """Batches in one ``epoch`` pass."""
         n = self.size(split)
+        if self.world_size > 1:
+            return n // (batch_size * self.world_size)
         k = -(-n // batch_size)
         return k - 1 if drop_single and k > 1 and n - (k - 1) * batch_size < 2 else k
 
@@ -87,7 +101,9 @@ class Batches:
         trailing batch of one image is dropped (train-mode BN cannot normalise it)."""
         if self._streams is None:
             x, y = self._tensors(split)
-            if drop_single:
+            if self.world_size > 1:
+                order = self._shards(torch.randperm(len(x), generator=gen), batch_size)
+            elif drop_single:
                 order = epoch_batches(len(x), batch_size, gen)
             else:
                 perm = torch.randperm(len(x), generator=gen)
@@ -105,10 +121,22 @@ class Batches:
             if i < n:  # past n: the trailing single image, read but not used (see ``close``)
                 yield self._normalize(x, self.device), y.to(self.device, non_blocking=True)
 
-    def cycle(self, split: str, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-        """``epoch`` pass after pass, for a split stepped alongside another."""
-        while True:
-            yield from self.epoch(split, batch_size, gen)
+    def _shards(self, perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+        g, lo = batch_size * self.world_size, batch_size * self.rank
+        return [perm[b * g + lo: b * g + lo + batch_size] for b in range(len(perm) // g)]
+
+    def cycle(self, split: str, batch_size: int, gen: torch.Generator) -> "Cycle":
+        """``epoch`` pass after pass, for a split stepped alongside another; its position can
+        be saved and restored (``Cycle.state``)."""
+        return Cycle(self, split, batch_size, gen)
+
+    def state(self) -> dict[str, int]:
+        """The passes each streamed split has started (what fixes their next shuffle)."""
+        return dict(getattr(self, "_passes", {}))
+
+    def load_state(self, state: dict[str, int]) -> None:
+        if self._streams is not None:
+            self._passes.update({k: int(v) for k, v in state.items() if k in self._passes})
 
     def ordered(self, split: str, batch_size: int = 256, limit: int | None = None,
                 device: torch.device | str | None = None) -> Iterator[Batch]:
@@ -172,10 +200,61 @@ class Batches:
             if limit is not None and limit < len(ds):
                 ds = torch.utils.data.Subset(ds, range(limit))
             offset = self.splits.index(split)
+            sampler = None
+            if shuffle and self.world_size > 1:
+                from .loaders import EpochShuffle
+
+                sampler = EpochShuffle(ds, self._seed * 8 + offset, rank=self.rank,
+                                       world_size=self.world_size, batch_size=batch_size)
             self._loaders[key] = make_loader(ds, batch_size=batch_size, shuffle=shuffle,
                                              seed=self._seed * 8 + offset,
-                                             workers=self._workers, device=self.device)
+                                             workers=self._workers, device=self.device,
+                                             sampler=sampler)
         return self._loaders[key]
+
+
+class Cycle:
+    """Passes of one split, endlessly (``Batches.cycle``), resumable: ``state()`` is where the
+    current pass started (the generator's state then, the streamed pass number) and how many of
+    its batches were taken; ``load_state`` starts that pass again and skips as many."""
+
+    def __init__(self, data: Batches, split: str, batch_size: int, gen: torch.Generator):
+        self.data, self.split, self.batch_size, self.gen = data, split, batch_size, gen
+        self._it: Iterator[Batch] | None = None
+        self._start: dict | None = None
+        self._taken = 0
+
+    def __iter__(self) -> "Cycle":
+        return self
+
+    def __next__(self) -> Batch:
+        for _ in range(2):  # a fresh pass after an exhausted one; an empty split stops
+            if self._it is None:
+                self._start = {"gen": self.gen.get_state(),
+                               "pass": self.data.state().get(self.split, 0)}
+                self._it, self._taken = self.data.epoch(self.split, self.batch_size, self.gen), 0
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self._taken += 1
+            return batch
+        raise StopIteration
+
+    def state(self) -> dict:
+        if self._it is None:
+            return {"gen": self.gen.get_state(), "pass": self.data.state().get(self.split, 0),
+                    "taken": 0}
+        assert self._start is not None
+        return {**self._start, "taken": self._taken}
+
+    def load_state(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.data.load_state({self.split: state["pass"]})
+        self._it, self._taken = None, 0
+        for _ in range(int(state["taken"])):
+            next(self)
 
 
 class SearchData(Batches):

@@ -14,7 +14,8 @@ from typing import Any
 from ..counting import count_macs, count_params
 from ..exporter import ExportContext
 from ..netspec import GraphNet
-from ..records import Attempt, Budget
+from ..records import Attempt, Budget, Verdict
+from ..rundir import spec_key
 from .export import retrain_and_export
 from .size import Aim, Sizing, resize
 from .state import RunState
@@ -31,7 +32,7 @@ class Exported:
 
     record: Attempt
     subnet: GraphNet
-    xctx: ExportContext
+    xctx: ExportContext | None  # None on ranks other than 0 (they export nothing)
 
 
 def final_attempts(run: RunState, budget: Budget, aim: Aim, sizing: Sizing, tmp: Path,
@@ -54,7 +55,9 @@ def final_attempts(run: RunState, budget: Budget, aim: Aim, sizing: Sizing, tmp:
             log(f"{target} not timed here; on the device run `nas2deploy build-engine "
                 f"BUNDLE` and `nas2deploy measure BUNDLE` for the verdict")
             break
-        v = rec.verdict = measure_verdict(run, budget, subnet, Path(rec.folder), xctx)
+        v = rec.verdict = Verdict.from_dict(run.measured(
+            "verdict", f"{attempt}-{spec_key(subnet.spec())}",
+            lambda: measure_verdict(run, budget, subnet, Path(rec.folder), xctx).to_dict()))
         within, ratio = v.within, v.ratio
         predicted = rec.architecture.metadata["predicted_ms"]
         rounds.append({"round": len(rounds) + 1, "width_multiplier": width,

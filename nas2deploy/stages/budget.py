@@ -12,8 +12,10 @@ from ..errors import UsageError
 from ..latency.make import make_latency_model
 from ..materialize import materialize
 from ..records import Budget
+from ..distributed import barrier
 from ..runtime import measure_model
-from .state import RunState
+from ..rundir import spec_key
+from .state import MeasuredSide, RunState
 
 
 def measure_budget(run: RunState, side_factory: Callable[..., Any]) -> Budget:
@@ -27,9 +29,12 @@ def measure_budget(run: RunState, side_factory: Callable[..., Any]) -> Budget:
     anchors = None
     if run.remote is None:
         log(f"measuring the largest and smallest subnets on {target}")
-        large_ms = measure_model(largest, target, run.shape).p50_ms
+        large_ms = run.measured("alone", spec_key(largest.spec()),
+                                lambda: measure_model(largest, target, run.shape).p50_ms)
         # every later measurement is timed beside the largest and reported at its speed now
-        run.side = side = side_factory(largest, target, run.shape, large_ms)
+        # (by rank 0: the others receive what it measured)
+        run.side = side = MeasuredSide(run, side_factory(largest, target, run.shape, large_ms)
+                                       if run.world.leader else None)
         small_ms = side.measure(smallest).p50_ms
         # the smallest at full width too: with the same layers as the smallest, it separates the
         # cost per MAC from the cost per layer in the FLOPs proxy
@@ -40,10 +45,13 @@ def measure_budget(run: RunState, side_factory: Callable[..., Any]) -> Budget:
     else:
         log(f"{target} cannot be timed here ({run.remote.split(';')[0]}): steering by the table "
             f"{cfg.lut}; the verdict is `nas2deploy measure` on the device")
-    run.lat_model = lat_model = make_latency_model(
-        cfg.latency_model, method=method, supernet=supernet, target=target,
-        input_size=run.ds.input_size, min_width=cfg.min_width, progress=run.progress, log=log,
-        anchors=anchors, table_file=cfg.lut)
+    for turn in ("leader", "followers"):  # a table measured here is cached by rank 0 first
+        if (turn == "leader") == run.world.leader:
+            run.lat_model = lat_model = make_latency_model(
+                cfg.latency_model, method=method, supernet=supernet, target=target,
+                input_size=run.ds.input_size, min_width=cfg.min_width, progress=run.progress,
+                log=log, anchors=anchors, table_file=cfg.lut)
+        barrier(run.world)
     if run.remote is not None:
         large_ms, small_ms = lat_model.predict(largest.spec()), lat_model.predict(smallest.spec())
         how = "p50 predicted by the device's table"

@@ -108,6 +108,8 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
                   "width_multiplier": width, "nodes": len(arch_final.network["nodes"]),
                   "prune_further_level": sizing.level, "resized": resized},
         "search": {"epochs": searched.epochs, "levers": searched.decision.levers,
+                   # what the search decided, before the closed loop re-sized or thinned it
+                   "decided": searched.decision.arch.to_dict(),
                    "history": ctx.history,
                    "measurements": [{k: v for k, v in m.items() if k != "spec"}
                                     for m in ctx.measurements]},
@@ -122,8 +124,14 @@ def write_bundle(run: RunState, budget: Budget, aim: Aim, searched: SearchResult
         "compute": {**run.compute.describe(), "workers": cfg.workers,
                     "streamed": run.data.is_streamed,
                     "images_per_s": {**run.throughput, **_retrain_rate(history_retrain)}},
+        "distributed": {**run.world.describe(ctx.batch_size),
+                        **({"ranks_agree_on_decision": True} if run.world.distributed else {})},
         "environment": environment(),
     }
+    if run.rundir is not None and run.rundir.resumed:
+        manifest["resumed"] = {"run_dir": str(run.rundir.path),
+                               "measurements_replayed": run.rundir.replayed,
+                               "replay_diverged": run.rundir.diverged}
     from ..report import write_report  # matplotlib is only needed here
 
     figures = write_report(tmp, manifest, arch_final)

@@ -22,6 +22,7 @@ from ..errors import PrecisionError
 from ..exporter import ExportContext, verify_parity
 from ..netspec import GraphNet
 from ..records import Attempt
+from ..rundir import spec_key
 from ..runtime import export_chain
 from ..target import Target
 from ..train import fit, reinitialize
@@ -32,8 +33,9 @@ from .state import RunState
 def retrain_and_export(run: RunState, aim: Aim, subnet: GraphNet, arch: Architecture,
                        width: float, resized: int, attempt: int, tmp: Path,
                        history: list[dict[str, Any]],
-                       calibration: torch.Tensor | None) -> tuple[Attempt, ExportContext]:
-    """Retrains ``subnet`` in place, exports it into ``tmp/.attempt-N`` and verifies it."""
+                       calibration: torch.Tensor | None) -> tuple[Attempt, ExportContext | None]:
+    """Retrains ``subnet`` in place (with every rank), exports it into ``tmp/.attempt-N`` and
+    verifies it (rank 0; the others get no export context)."""
     cfg, data, target, log = run.cfg, run.data, run.target, run.log
     if cfg.retrain_from == "scratch":
         reinitialize(subnet, cfg.seed)
@@ -41,7 +43,9 @@ def retrain_and_export(run: RunState, aim: Aim, subnet: GraphNet, arch: Architec
     with on(subnet, run.compute):
         run.timings["retrain_s"] += fit(
             subnet, data, epochs=cfg.retrain_epochs, seed=cfg.seed, progress=run.progress,
-            desc="retrain", history=history, compute=run.compute)
+            desc="retrain", history=history, compute=run.compute, world=run.world,
+            checkpoints=run.loop(f"retrain-{attempt}", f"{spec_key(subnet.spec())}-x{width:g}"),
+            log=log)
     subnet.eval()
     arch_final = Architecture(method=arch.method, network=subnet.spec(), space=arch.space,
                               decisions=arch.decisions, width_multiplier=width, seed=cfg.seed,
@@ -49,6 +53,8 @@ def retrain_and_export(run: RunState, aim: Aim, subnet: GraphNet, arch: Architec
     arch_final.metadata["predicted_ms"] = aim.predict(arch_final.network)
 
     exports = run.plan.exports
+    if not run.world.leader:  # rank 0 alone exports, verifies and measures
+        return Attempt(attempt, width, arch_final, "", {}, resized), None
     log(f"exporting {', '.join(exports)}")
     t = time.perf_counter()
     folder = tmp / f".attempt-{attempt}"

@@ -13,6 +13,7 @@ from ..outdir import OutLock, claim_out
 from ..config import RunConfig
 from ..data import check_cache_dir, check_dataset
 from ..device import Compute
+from ..distributed import SINGLE, World, from_env, rank_device, share, start, stop
 from ..device import resolve as resolve_compute
 from ..errors import UsageError
 from ..latency.collect import check_precision
@@ -31,17 +32,23 @@ class Plan:
     exports: list[str]
     out: Path
     remote: str | None = None  # why the target's artifact cannot be timed on this machine
-    lock: OutLock | None = None  # --out, held from the plan to the commit
+    lock: OutLock | None = None  # --out, held from the plan to the commit (by rank 0)
     compute: Compute = field(default_factory=lambda: Compute(torch.device("cpu"), "off"))
+    world: World = SINGLE
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
+        stop(self.world)
 
 
 def plan(cfg: RunConfig) -> Plan:
     cfg.validate()
+    world = from_env()
     compute = resolve_compute(cfg.device, cfg.amp)  # where search and retrain run
+    compute = Compute(rank_device(world, compute.device), compute.amp)
+    if cfg.resume is not None and not Path(cfg.resume, "run.json").is_file():
+        raise UsageError(f"--resume {cfg.resume}: not a nas2deploy run directory (no run.json)")
     if cfg.cache is not None:
         check_cache_dir(cfg.cache)
     target = Target.parse(cfg.target, batch=cfg.batch, threads=cfg.threads)
@@ -73,6 +80,27 @@ def plan(cfg: RunConfig) -> Plan:
     check_dataset(cfg.dataset, input_size=cfg.input_size, batch=cfg.batch, train_copies=2,
                   streamed=True)
     out = Path(cfg.out)
-    # last: whatever fails after the lock is taken must release it
-    lock = claim_out(out, cfg.overwrite)
-    return Plan(cfg, target, method, exports, out, remote, lock, compute)
+    world = start(world, compute.device)
+    if compute.device.type == "cuda":
+        torch.cuda.set_device(compute.device)
+    # last: whatever fails after the lock is taken must release it. Rank 0 alone writes --out;
+    # what it finds wrong there stops every rank.
+    lock: list[OutLock] = []
+
+    def claim() -> str | None:
+        try:
+            lock.append(claim_out(out, cfg.overwrite))
+        except UsageError as exc:
+            return str(exc)
+        return None
+
+    try:
+        refused = share(world, claim if world.leader else None)
+    except BaseException:
+        stop(world)
+        raise
+    if refused:
+        stop(world)
+        raise UsageError(refused)
+    return Plan(cfg, target, method, exports, out, remote, lock[0] if lock else None, compute,
+                world)

@@ -13,6 +13,9 @@ from ..architecture import Architecture
 from ..counting import count_macs
 from ..materialize import materialize
 from ..device import Compute, on
+from ..distributed import broadcast_, check_same
+from ..rundir import spec_key
+from ..errors import UsageError
 from ..method import Decision, SearchContext
 from ..netspec import GraphNet
 from ..records import Budget
@@ -40,17 +43,25 @@ def search(run: RunState, budget: Budget) -> SearchResult:
         log(f"{method.name} has not declared GPU support (SearchMethod.runs_on_gpu): searching "
             f"on the CPU, retraining on {compute.device}")
         compute = Compute(torch.device("cpu"), "off")
+    if run.world.backend == "nccl" and compute.device.type == "cpu":
+        raise UsageError(f"{method.name} searches on the CPU only (it does not declare "
+                         f"SearchMethod.runs_on_gpu), which NCCL cannot serve; run it with "
+                         f"--device cpu (gloo)")
     data = run.ds.search_data(cfg.seed, device=compute.device, workers=cfg.workers)
+    if run.world.distributed:
+        data.shard(run.world.rank, run.world.size)
     ctx = SearchContext(data=data, epochs=epochs, seed=cfg.seed,
                         budget_ms=budget.budget_ms, latency_model=lat_model,
                         progress=run.progress, log=log, channel_multiple=run.multiple,
-                        aim=Aim.AIM, resize_band=Aim.RESIZE_BAND, compute=compute)
+                        aim=Aim.AIM, resize_band=Aim.RESIZE_BAND, compute=compute,
+                        world=run.world,
+                        checkpoints=run.loop("search", spec_key(run.space.description)))
     if run.remote is None:
         side, example = run.side, run.example
 
         def measure_spec(spec: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> float:
             net = materialize(Architecture(method=method.name, network=spec), weights)
-            rep = side.measure(net)
+            rep = side.measure(net)  # journalled, shared with every rank
             ctx.measurements.append({"spec": net.spec(), "predicted_ms": lat_model.predict(spec),
                                      "measured_p50_ms": rep.p50_ms, "raw_p50_ms": rep.raw_p50_ms,
                                      "ratio_to_largest": rep.ratio,
@@ -63,12 +74,16 @@ def search(run: RunState, budget: Budget) -> SearchResult:
     log(f"searching with {method.name} for {epochs} epochs on {data.device}")
     t = time.perf_counter()
     with on(run.supernet, compute), data:  # the search's loaders stop with it
+        broadcast_(run.supernet.state_dict().values(), run.world)  # one start for every rank
         searched = method.search(run.supernet, ctx)
+        # BN statistics were gathered on each rank's shard: rank 0's go on
+        broadcast_(run.supernet.buffers(), run.world)
     run.timings["search_s"] = time.perf_counter() - t
     # the weight split's images seen per second (a method's other passes ride along)
     run.throughput["search_images_per_s"] = (epochs * data.size("weights")
                                              / max(run.timings["search_s"], 1e-9))
     decision = method.decide(run.supernet, searched)
+    check_same(run.world, decision.arch.to_dict(), "the decided architecture")
     base = run.materialize_decided(decision)
     base_spec = base.spec()
     seen = next((m["measured_p50_ms"] for m in reversed(ctx.measurements)

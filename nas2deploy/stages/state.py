@@ -13,9 +13,11 @@ from ..config import RunConfig
 from ..data import Splits
 from ..data.searchdata import Batches
 from ..device import Compute
+from ..distributed import SINGLE, World, share
 from ..materialize import materialize, scale_width
 from ..method import Decision, SearchMethod, TaskSpec
 from ..netspec import GraphNet
+from ..rundir import RunDir
 from ..space import SearchSpace
 from ..target import Target
 from .plan import Plan
@@ -41,6 +43,20 @@ class RunState:
     # (stages.export.verify unless the caller gives another)
     verify: Callable[..., dict[str, Any]] | None = None
     data: Batches | None = None  # train/val/test batched on the run's device (set by the pipeline)
+    world: World = SINGLE  # this process's rank in a data-parallel run
+    rundir: RunDir | None = None  # checkpoints and the measurement journal
+
+    def measured(self, kind: str, key: str, take: Callable[[], Any]) -> Any:
+        """A measurement's JSON value: rank 0 replays it from the journal of a resumed run or
+        takes it (``take()``) and journals it; every rank gets the same value."""
+        def make() -> Any:
+            return self.rundir.measured(kind, key, take) if self.rundir is not None else take()
+        return share(self.world, make if self.world.leader else None,
+                     device=self.compute.device if self.world.backend == "nccl" else None)
+
+    def loop(self, name: str, key: str = ""):
+        """Per-epoch checkpoints of the loop ``name`` (None without a run directory)."""
+        return self.rundir.loop(name, self.world.rank, key) if self.rundir is not None else None
 
     @property
     def compute(self) -> Compute:
@@ -68,3 +84,32 @@ class RunState:
     def materialize_decided(self, d: Decision) -> GraphNet:
         """``d`` as a network, with its inherited weights where the run retrains from them."""
         return materialize(d.arch, d.weights if self.cfg.retrain_from == "inherit" else {})
+
+
+class MeasuredSide:
+    """``SideBySide`` as the stages use it, through the run's journal: ``measure`` is replayed
+    on a resumed run and shared with every rank. Ranks other than 0 hold no timer (``side``
+    None) and only ever receive."""
+
+    def __init__(self, run: RunState, side: Any):
+        self.run, self.side = run, side
+
+    def measure(self, model: GraphNet):
+        from dataclasses import asdict
+
+        from ..runtime import SideTiming
+        from ..rundir import spec_key
+
+        value = self.run.measured("side_by_side", spec_key(model.spec()),
+                                  lambda: asdict(self.side.measure(model)))
+        return SideTiming(**value)
+
+    def time(self, load: Any, seconds: float | None = None):
+        return self.side.time(load, seconds)
+
+    def protocol_line(self, seconds: float | None = None) -> str:
+        return self.side.protocol_line(seconds) if self.side is not None else ""
+
+    def close(self) -> None:
+        if self.side is not None:
+            self.side.close()

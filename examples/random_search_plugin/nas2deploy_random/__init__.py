@@ -77,6 +77,11 @@ def _spec(task: TaskSpec, cfg: RandomConfig, choice: list[str]) -> dict:
             "num_classes": task.num_classes, "nodes": nodes, "output": "head"}
 
 
+def _tuples(v):
+    """random.Random's state as JSON gives it back (lists) -> the tuples setstate takes."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 class Supernet(nn.Module):
     """Holds the task; the sampled subnets are trained on their own (no shared weights)."""
 
@@ -131,16 +136,27 @@ class RandomSearch(SearchMethod):
     def search(self, supernet: Supernet, ctx: SearchContext) -> Sampled:
         rng = random.Random(ctx.seed)
         d = ctx.data
-        bar = ctx.progress(total=self.config.samples, desc="random samples") if ctx.progress else None
         best, found = -1.0, None
         scores: list[dict] = []
-        for k in range(self.config.samples):
+        first = 0
+        # --resume: go on after the last sample checkpointed (the context restores the history)
+        resumed = ctx.restore_state()
+        if resumed is not None:
+            first, state = resumed
+            rng.setstate(_tuples(state["rng"]))
+            best, scores = state["best"], state["scores"]
+            found = (state["choice"], state["weights"]) if state["choice"] else None
+        bar = ctx.progress(total=self.config.samples, desc="random samples") if ctx.progress else None
+        if bar is not None and first:
+            bar.update(first)
+        for k in range(first, self.config.samples):
             choice = [rng.choice(self.config.ops) for _ in range(self.config.layers)]
             torch.manual_seed(ctx.seed + k)
             net = build_network(_spec(supernet.task, self.config, choice))
             net.to(d.device)
+            # world: under torchrun each rank trains on its shard and DDP averages gradients
             fit(net, d, split="weights", val_split=None, epochs=ctx.epochs, seed=ctx.seed + k,
-                batch_size=ctx.batch_size)
+                batch_size=ctx.batch_size, world=ctx.world, compute=ctx.compute)
             score = accuracy(net, d.ordered("arch"))
             scores.append({"ops": choice, "arch_acc": score})
             ctx.history.append({"epoch": k, "phase": "sample", "loss": float("nan"),
@@ -148,6 +164,9 @@ class RandomSearch(SearchMethod):
             if score > best:
                 best, found = score, (choice, {k: v.detach().cpu().clone()
                                                for k, v in net.state_dict().items()})
+            ctx.save_state(k + 1, {"rng": rng.getstate(), "best": best, "scores": scores,
+                                   "choice": found[0] if found else None,
+                                   "weights": found[1] if found else {}})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{best:.3f}")

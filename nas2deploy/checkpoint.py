@@ -1,0 +1,189 @@
+"""Checkpoints without pickles: a tree of dicts, lists, numbers, strings and tensors (a
+``state_dict``, an optimizer's state, generator states, a method's own record) written as a JSON
+skeleton beside a safetensors file of its tensors.
+
+``Store(folder)`` keeps the latest checkpoint of one loop (a search, a retrain): ``save(step,
+tree)`` writes ``ckpt-STEP.safetensors`` and then ``ckpt-STEP.json`` (which holds the tensors
+file's SHA-256), each atomically, then removes older ones; ``load()`` returns the newest
+checkpoint whose two files agree, so a kill at any point leaves the previous one usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .env import write_atomic
+from .errors import UsageError
+
+FORMAT = 1
+_NAME = re.compile(r"ckpt-(\d{6})\.json")
+
+
+def encode(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(JSON-able skeleton, tensors by key) of ``tree``."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = v.detach().to("cpu", copy=True).contiguous()
+            return {"__tensor__": key}
+        if isinstance(v, torch.Generator):
+            return {"__generator__": enc(v.get_state())}
+        if isinstance(v, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in v):
+                return {k: enc(x) for k, x in v.items()}
+            return {"__items__": [[enc(k), enc(x)] for k, x in v.items()]}
+        if isinstance(v, tuple):
+            return {"__tuple__": [enc(x) for x in v]}
+        if isinstance(v, list):
+            return [enc(x) for x in v]
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            return v
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return {"__ndarray__": enc(torch.from_numpy(np.ascontiguousarray(v)))}
+        raise TypeError(f"cannot checkpoint a {type(v).__name__}")
+
+    return enc(tree), tensors
+
+
+def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    def dec(v: Any) -> Any:
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        if not isinstance(v, dict):
+            return v
+        if "__tensor__" in v:
+            return tensors[v["__tensor__"]]
+        if "__generator__" in v:
+            g = torch.Generator()
+            g.set_state(dec(v["__generator__"]))
+            return g
+        if "__items__" in v:
+            return {_hashable(dec(k)): dec(x) for k, x in v["__items__"]}
+        if "__tuple__" in v:
+            return tuple(dec(x) for x in v["__tuple__"])
+        if "__ndarray__" in v:
+            return dec(v["__ndarray__"]).numpy()
+        return {k: dec(x) for k, x in v.items()}
+
+    return dec(skeleton)
+
+
+def _hashable(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k
+
+
+class Store:
+    """The latest checkpoint of one loop, in ``folder``."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    def save(self, step: int, tree: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        skeleton, tensors = encode(tree)
+        blob = st_save(tensors) if tensors else b""
+        stem = f"ckpt-{step:06d}"
+        write_atomic(self.folder / f"{stem}.safetensors", blob)
+        write_atomic(self.folder / f"{stem}.json", json.dumps(
+            {"format": FORMAT, "step": step, "sha256": hashlib.sha256(blob).hexdigest(),
+             "tree": skeleton}))
+        for old in self.folder.glob("ckpt-*"):
+            if not old.name.startswith(stem):
+                old.unlink(missing_ok=True)
+
+    def load(self) -> tuple[int, Any] | None:
+        """(step, tree) of the newest complete checkpoint; None if there is none. A checkpoint
+        whose files do not agree is skipped (a kill between its two writes); one that is not a
+        nas2deploy checkpoint at all is an error."""
+        if not self.folder.is_dir():
+            return None
+        for meta in sorted(self.folder.glob("ckpt-*.json"), reverse=True):
+            m = _NAME.fullmatch(meta.name)
+            blob_path = meta.with_suffix(".safetensors")
+            if m is None or not blob_path.is_file():
+                continue
+            try:
+                head = json.loads(meta.read_text())
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"checkpoint {meta} is not readable JSON ({exc})") from None
+            if not isinstance(head, dict) or head.get("format") != FORMAT or "tree" not in head:
+                raise UsageError(f"{meta} is not a nas2deploy checkpoint (format {FORMAT})")
+            blob = blob_path.read_bytes()
+            if hashlib.sha256(blob).hexdigest() != head.get("sha256"):
+                continue
+            try:
+                tensors = st_load(blob) if blob else {}
+                return int(head["step"]), decode(head["tree"], tensors)
+            except Exception as exc:  # safetensors raises its own types
+                raise UsageError(f"checkpoint {blob_path} is corrupt ({exc})") from None
+        return None
+
+
+class Loop:
+    """Checkpoints of one loop in a data-parallel run: rank 0 writes the loop's state (the same
+    on every rank), each rank its own global RNG states (torch, numpy, python, CUDA) under
+    ``rng-RANK``. Every rank reads the state back (the run directory is on a filesystem they
+    share). ``key`` names what is being trained: a checkpoint of another key is not resumed."""
+
+    def __init__(self, folder: Path | str, rank: int = 0, key: str = ""):
+        self.folder, self.rank, self.key = Path(folder), rank, key
+        self.state = Store(self.folder)
+        self.rng = Store(self.folder / f"rng-{rank}")
+
+    def save(self, step: int, tree: Any) -> None:
+        if self.rank == 0:
+            self.state.save(step, {"key": self.key, "tree": tree})
+        self.rng.save(step, rng_state())
+        from .outdir import _pause
+
+        _pause(f"{self.folder.name}-{step}")  # tests kill -9 a run exactly here
+
+    def load(self, log: Callable[[str], None] = lambda m: None) -> tuple[int, Any] | None:
+        loaded = self.state.load()
+        if loaded is None:
+            return None
+        step, wrapped = loaded
+        if not isinstance(wrapped, dict) or wrapped.get("key") != self.key:
+            log(f"checkpoint in {self.folder} is of another run of this loop; starting it afresh")
+            return None
+        rng = self.rng.load()
+        if rng is not None and rng[0] == step:
+            set_rng_state(rng[1])
+        else:
+            log(f"no RNG state of rank {self.rank} at step {step}: global RNG not restored")
+        log(f"resuming {self.folder.name} after epoch {step}")
+        return step, wrapped["tree"]
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
