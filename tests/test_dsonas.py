@@ -523,3 +523,28 @@ def test_sparser_lever_removes_the_weakest_edges_level_by_level():
                 for t in [*blk.lam_in, blk.lam_out]:
                     t.zero_()
     assert method.decide(net).sparser(1) is None
+
+
+def test_cifar_preset_builds_the_papers_space_and_explicit_options_override_it():
+    method = DSONAS({"preset": "cifar"})
+    cfg = method.config
+    assert (cfg.preset, cfg.levels, cfg.stages, cfg.blocks_per_stage, cfg.stem_stride) == \
+        ("cifar", 4, 3, 8, 1)
+    assert cfg.ops == ["sep3", "sep5", "maxpool", "avgpool"] and cfg.base_width > DSONASConfig().base_width
+    # the search recipe keeps its defaults; the default (no preset) space is untouched
+    assert cfg.gamma == DSONASConfig().gamma and DSONASConfig.from_dict({}).preset is None
+    torch.manual_seed(0)
+    net = method.build(TaskSpec(3, 32, 10))
+    assert [u.unit.name for u in net.units][:9] == [f"s1b{b}" for b in range(1, 9)] + ["r1"]
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 7])
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.arch_parameters())
+    assert method.space(net)["total_edges"] == 24 * 128 + 2 * 2  # 128 per block (paper)
+    # an explicit option wins over the preset, also one set to its class default
+    over = DSONAS({"preset": "cifar", "base_width": 16, "blocks_per_stage": 2})
+    assert (over.config.base_width, over.config.blocks_per_stage, over.config.levels) == (16, 2, 4)
+    assert over.build(TaskSpec(3, 32, 10)).cfg.base_width == 16
+    assert DSONASConfig(preset="cifar").base_width == cfg.base_width  # direct construction
+    with pytest.raises(UsageError, match="cifar"):
+        DSONAS({"preset": "imagenet"})

@@ -33,6 +33,10 @@ class DenseNAS(SearchMethod):
     # warm-up + 20 search epochs of the small space (the paper's 50 + 100 of 150, scaled), about
     # 3 s of CPU per warm-up epoch and 5.6 s per search epoch on one core.
     default_search_epochs: ClassVar[int] = 30
+    # Every tensor the search makes is on the supernet's device (candidates are drawn on the CPU
+    # generator, the cost table moves to the device); forwards run under the run's autocast, α,
+    # β, their softmax and the latency term in float32, fp16 gradients loss-scaled.
+    runs_on_gpu: ClassVar[bool] = True
 
     def __init__(self, config: DenseNASConfig | dict[str, Any] | None = None):
         super().__init__(config)
@@ -158,7 +162,7 @@ class DenseNAS(SearchMethod):
                 raise UsageError(f"densenas: node {node['id']!r} is a {node['op']!r} in the "
                                  f"architecture but {path} is a {getattr(mod, 'op', '?')!r}")
             for key, tensor in mod.state_dict().items():
-                out[f"nodes.{node['id']}.{key}"] = tensor.detach().contiguous().clone()
+                out[f"nodes.{node['id']}.{key}"] = tensor.detach().cpu().contiguous().clone()
         return out
 
     # --- helpers -------------------------------------------------------------------------

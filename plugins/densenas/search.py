@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas2deploy.device import Compute, LossScale
 
 from .config import PAPER_ARCH_LR, PAPER_ARCH_STEPS, PAPER_BATCH, PAPER_LR, DenseNASConfig
 from .derive import Choice, build_spec, choice_cost, expected_cost, viterbi_choice
@@ -36,15 +37,19 @@ from .space import CostTable, DenseNASSupernet, Layout, macs
 
 def sample_ops(alpha: torch.Tensor, n: int, gen: torch.Generator | None = None,
                uniform: bool = False) -> torch.Tensor:
-    """``n`` distinct candidates per row (rows × n indices), from softmax(α) or uniformly."""
+    """``n`` distinct candidates per row (rows × n indices), from softmax(α) or uniformly.
+    Drawn on the CPU with ``gen`` (a CPU generator: a seed fixes the draws on any device); the
+    indices are CPU tensors."""
     n = min(n, alpha.shape[1])
-    probs = torch.ones_like(alpha) if uniform else torch.softmax(alpha.detach().float(), 1)
+    a = alpha.detach().float().cpu()
+    probs = torch.ones_like(a) if uniform else torch.softmax(a, 1)
     return torch.multinomial(probs, n, replacement=False, generator=gen)
 
 
 def sample_mask(alpha: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Boolean rows × candidates, True at ``idx``, on α's device."""
     mask = torch.zeros_like(alpha, dtype=torch.bool)
-    mask.scatter_(1, idx, True)
+    mask.scatter_(1, idx.to(mask.device), True)
     return mask
 
 
@@ -120,11 +125,11 @@ def split_epochs(total: int, warmup_fraction: float) -> int:
 
 
 @torch.no_grad()
-def validate(net: DenseNASSupernet, batches) -> float:
+def validate(net: DenseNASSupernet, batches, compute: Compute | None = None) -> float:
     """Top-1 of the whole supernet (every candidate, softmax(α)-weighted) on ``(x, y)`` batches
     with batch-statistics BN, as the paper validates it. BN momentum is set to 0 meanwhile, so
     running statistics (which the derived net inherits) are not touched by the validation
-    data."""
+    data. The forwards run under ``compute``'s autocast (softmax(α) and p stay float32)."""
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
     was = net.training
@@ -138,11 +143,12 @@ def validate(net: DenseNASSupernet, batches) -> float:
         last = None  # the previous batch's last image
         for xb, yb in batches:
             xb = _cl(xb)
-            if len(xb) < 2 and last is not None:
-                # train-mode BN needs two images: borrow the previous one, score only this
-                out = net(torch.cat([last, xb]), heads, stacks, p)[-len(xb):]
-            else:
-                out = net(xb, heads, stacks, p)
+            with _autocast(compute):
+                if len(xb) < 2 and last is not None:
+                    # train-mode BN needs two images: borrow the previous one, score only this
+                    out = net(torch.cat([last, xb]), heads, stacks, p)[-len(xb):]
+                else:
+                    out = net(xb, heads, stacks, p)
             correct += int((out.argmax(1) == yb).sum())
             total += len(yb)
             last = xb[-1:]
@@ -153,11 +159,32 @@ def validate(net: DenseNASSupernet, batches) -> float:
     return correct / total if total else float("nan")
 
 
+def _cpu() -> Compute:
+    return Compute(torch.device("cpu"), "off")
+
+
+def _autocast(compute: Compute | None):
+    return (compute or _cpu()).autocast()
+
+
+def table_on(table: CostTable, device: torch.device) -> CostTable:
+    """``table`` with its tensors on ``device`` (the same table where they are there already)."""
+    if table.head.device == device:
+        return table
+    return CostTable(table.head.to(device), table.stack.to(device), table.out.to(device),
+                     table.stem, table.classifier, table.base)
+
+
 class Searcher:
     def __init__(self, net: DenseNASSupernet, cfg: DenseNASConfig, table: CostTable,
                  budget: float | None, total_w_steps: int, total_a_steps: int, seed: int,
-                 batch_size: int = 64):
-        self.net, self.cfg, self.table, self.budget = net, cfg, table, budget
+                 batch_size: int = 64, compute: Compute | None = None):
+        self.net, self.cfg, self.budget = net, cfg, budget
+        self.compute = compute if compute is not None else _cpu()
+        # the cost table on the architecture parameters' device (it meets softmax(α) there)
+        self.table = table_on(table, net.beta.device)
+        self.w_scaler = self.compute.scaler()  # fp16 loss scaling (a pass-through otherwise)
+        self.a_scale = LossScale(self.compute)
         self.layout = net.layout
         self.w_params = net.weight_parameters()
         self.lr = cfg.lr if cfg.lr is not None else PAPER_LR * batch_size / PAPER_BATCH
@@ -187,12 +214,14 @@ class Searcher:
         with torch.no_grad():
             p = net.transition_probs()
         net.train()
-        loss = F.cross_entropy(net(x, heads, stacks, p), y)
+        with self.compute.autocast():
+            loss = F.cross_entropy(net(x, heads, stacks, p), y)
         for g in self.w_opt.param_groups:
             g["lr"] = self._lr()
         self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.w_opt.step()
+        self.w_scaler.scale(loss).backward()
+        self.w_scaler.step(self.w_opt)  # skipped on an fp16 overflow
+        self.w_scaler.update()
         self.w_opt.zero_grad(set_to_none=True)
         self.w_steps += 1
         return float(loss.detach())
@@ -202,20 +231,28 @@ class Searcher:
         split plus λ·log_τ of the chained expected latency under the same weights; Adam on β and
         α, then the rescale. Weights are read, never written."""
         net = self.net
-        mh = sample_mask(net.alpha_head, sample_ops(net.alpha_head, 2, self.gen))
-        ms = sample_mask(net.alpha_stack, sample_ops(net.alpha_stack, 2, self.gen))
+        ih = sample_ops(net.alpha_head, 2, self.gen)  # CPU indices
+        is_ = sample_ops(net.alpha_stack, 2, self.gen)
+        mh, ms = sample_mask(net.alpha_head, ih), sample_mask(net.alpha_stack, is_)
+        # softmax over the pairs, p and the expected cost: float32/64, outside autocast
         wh = renormalised(net.alpha_head, mh)
         ws = renormalised(net.alpha_stack, ms)
-        heads = [(mh[r].nonzero().flatten().tolist(), None) for r in range(mh.shape[0])]
+        # each row's sampled candidates in ascending order (what the mask's nonzero gives), read
+        # off the CPU indices
+        heads = [(sorted(r.tolist()), None) for r in ih]
         heads = [(ops, wh[r, ops]) for r, (ops, _) in enumerate(heads)]
-        stacks = [(ms[r].nonzero().flatten().tolist(), None) for r in range(ms.shape[0])]
+        stacks = [(sorted(r.tolist()), None) for r in is_]
         stacks = [(ops, ws[r, ops]) for r, (ops, _) in enumerate(stacks)]
         p = net.transition_probs()
         net.train()
-        ce = F.cross_entropy(net(x, heads, stacks, p), y)
+        with self.compute.autocast():
+            ce = F.cross_entropy(net(x, heads, stacks, p), y)
         cost = expected_cost(self.layout, self.table, p, wh, ws)
         loss = ce + latency_penalty(cost, self.cfg, self.budget).to(ce.dtype)
-        grads = torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
+        grads = self.a_scale.grads(loss, net.arch_parameters())
+        if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
+            self.a_steps += 1
+            return float(loss.detach()), float(cost.detach())
         self.a_opt.step(list(grads), [mh, ms])
         self.a_steps += 1
         return float(loss.detach()), float(cost.detach())
@@ -258,7 +295,9 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     n_warm = split_epochs(epochs, cfg.warmup_fraction)
     select_start = min(epochs - 1, max(n_warm, int(math.floor(cfg.select_from * epochs))))
     nw, na = data.n_batches("weights", bs), data.n_batches("arch", bs)
-    searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs)
+    compute = getattr(ctx, "compute", None) or _cpu()
+    searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs,
+                        compute)
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
     g = layout.graph
@@ -289,7 +328,7 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
                 w_losses.append(searcher.weight_step(_cl(xw), yw, uniform=phase == "warmup"))
                 if bar is not None:
                     bar.update(1)
-            val = validate(net, data.ordered("val"))
+            val = validate(net, data.ordered("val"), compute)
             with torch.no_grad():
                 choice = viterbi_choice(layout, net.transition_probs(), net.alpha_head, net.alpha_stack)
             rec = choice_record(layout, choice, table, unit)

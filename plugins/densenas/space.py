@@ -288,13 +288,15 @@ class CostTable:
     def edge_and_node_costs(self, layout: Layout, w_head: torch.Tensor, w_stack: torch.Tensor):
         """Expected cost per edge and per node under op weights (rows summing to 1, or one-hot):
         the inputs of ``routing.chained_cost``."""
-        head_rows = (w_head.to(self.head.dtype) * self.head).sum(1)
-        stack_rows = (w_stack.to(self.stack.dtype) * self.stack).sum(1)
+        # on the weights' device (a no-op where the table is already there)
+        dev = w_head.device
+        head_rows = (w_head.to(self.head.dtype) * self.head.to(dev)).sum(1)
+        stack_rows = (w_stack.to(self.stack.dtype) * self.stack.to(dev)).sum(1)
         # edges: the head rows, then the fixed 1×1 convs, put in edge order
-        edge = torch.cat([head_rows, self.out])[layout.edge_gather]
-        node = torch.zeros(layout.graph.n, dtype=head_rows.dtype).index_add(
-            0, layout.layer_node, stack_rows)
-        fixed = torch.zeros(layout.graph.n, dtype=head_rows.dtype)
+        edge = torch.cat([head_rows, self.out.to(dev)])[layout.edge_gather.to(dev)]
+        node = torch.zeros(layout.graph.n, dtype=head_rows.dtype, device=dev).index_add(
+            0, layout.layer_node.to(dev), stack_rows)
+        fixed = torch.zeros(layout.graph.n, dtype=head_rows.dtype, device=dev)
         fixed[0] += self.stem
         fixed[layout.out_node] += self.classifier
         return edge, node + fixed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +56,23 @@ def _default_ops() -> list[str]:
     return ["sep3", "sep5", "maxpool", "avgpool"]
 
 
+# The paper's CIFAR-10 search space (DSO-NAS, Zhang et al. 2018, search space and CIFAR-10
+# experiments): 3 stages of 8 DAG blocks (two reductions), M = 4 levels of the 4 ops
+# (sep 3×3, sep 5×5, max and average pool 3×3) per block, a stride-1 stem on the 32×32 input
+# and 48 channels in the first stage (doubled at each reduction). About 24 blocks × 32 ops at up
+# to 32×32: a GPU space (the default one is sized for two CPU cores).
+CIFAR_SPACE: dict[str, Any] = {
+    "levels": 4,
+    "ops": ["sep3", "sep5", "maxpool", "avgpool"],
+    "stages": 3,
+    "blocks_per_stage": 8,
+    "base_width": 48,
+    "stem_stride": 1,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"cifar": CIFAR_SPACE}
+
+
 @dataclass
 class DSONASConfig(MethodConfig):
     """Options of the DSO-NAS search (all have defaults; see ``validate`` for the ranges).
@@ -61,7 +80,11 @@ class DSONASConfig(MethodConfig):
     The defaults are sized for the project's default run (digits, 1×32×32, ~630 + ~630 search
     images, batch 64, two CPU cores): the paper's CIFAR space is 3 stages × 8 blocks with M=4 at
     width 48, which is two orders of magnitude more compute than that run can afford.
+    ``preset = "cifar"`` selects that space; explicitly given space options override a preset's
+    values.
     """
+
+    preset: str | None = None  # "cifar": the paper's CIFAR-10 space; explicit space options win
 
     # --- the space (these define the supernet and enter the space fingerprint) ---
     levels: int = 3  # M: levels of the DAG in a block (paper: 4)
@@ -96,10 +119,43 @@ class DSONASConfig(MethodConfig):
     # --- derivation ---
     keep_scales: bool = True  # surviving λ become constant coefficients of the derived sums
 
+    def __post_init__(self) -> None:
+        # Direct construction, DSONASConfig(preset="cifar"): space fields still at their class
+        # defaults take the preset's values (from_dict merges exactly instead).
+        preset = PRESETS.get(self.preset) if isinstance(self.preset, str) else None
+        if preset:
+            for f in dataclasses.fields(DSONASConfig):
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                if f.name in preset and getattr(self, f.name) == default:
+                    setattr(self, f.name, copy.deepcopy(preset[f.name]))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "DSONASConfig":
+        values = dict(values or {})
+        preset = values.get("preset")
+        if preset is not None:
+            if not isinstance(preset, str) or preset not in PRESETS:
+                raise UsageError(f"dsonas: unknown preset {preset!r}; choose from "
+                                 f"{', '.join(PRESETS)}")
+            values = {**copy.deepcopy(PRESETS[preset]), **values}
+        # built without the preset (every space value is explicit by now), then marked with it
+        cfg = super().from_dict({k: v for k, v in values.items() if k != "preset"})
+        cfg.preset = preset
+        cfg.validate()
+        return cfg  # type: ignore[return-value]
+
+    @classmethod
+    def cifar(cls, **overrides: Any) -> "DSONASConfig":
+        """The paper's CIFAR-10 space (with the search recipe's defaults)."""
+        return cls.from_dict({"preset": "cifar", **overrides})
+
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise UsageError(f"dsonas: {msg}")
+
+        need(self.preset is None or (isinstance(self.preset, str) and self.preset in PRESETS),
+             f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
 
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)

@@ -226,19 +226,20 @@ def zero_dead_edges(supernet) -> int:
             continue
         cut = closure([t.detach().cpu().numpy() for t in unit.lam_in], unit.lam_out.detach().cpu().numpy())
         for t, keep in zip([*unit.lam_in, unit.lam_out], [*cut.edges_in, cut.edges_out]):
-            mask = torch.as_tensor(keep, dtype=torch.bool)
+            mask = torch.as_tensor(keep, dtype=torch.bool, device=t.device)
             changed += int(((t != 0) & ~mask).sum())
             t.masked_fill_(~mask, 0.0)
     return changed
 
 
 def alive_masks(supernet) -> list[torch.Tensor]:
-    """Per λ tensor (in ``arch_parameters()`` order): 1.0 where the edge survives the closure."""
+    """Per λ tensor (in ``arch_parameters()`` order): 1.0 where the edge survives the closure.
+    On the CPU, wherever the supernet is."""
     masks: list[torch.Tensor] = []
     for unit in supernet.units:
         if isinstance(unit, NormalBlock):
             cut = closure([t.detach().cpu().numpy() for t in unit.lam_in], unit.lam_out.detach().cpu().numpy())
             masks.extend(torch.as_tensor(e, dtype=torch.float32) for e in [*cut.edges_in, cut.edges_out])
         else:
-            masks.append((unit.lam.detach() != 0).float())
+            masks.append((unit.lam.detach() != 0).float().cpu())
     return masks

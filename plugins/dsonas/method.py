@@ -59,6 +59,10 @@ class DSONAS(SearchMethod):
     # The whole default budget (pre-train + search), sized so the default space searches the
     # project's default data (digits) in about a minute on two CPU cores.
     default_search_epochs: ClassVar[int] = 40
+    # Every tensor the search makes is on the supernet's device (the CPU generators' draws are
+    # not device tensors); forwards run under the run's autocast, λ and the proximal step in
+    # float32, fp16 gradients through LossScale.
+    runs_on_gpu: ClassVar[bool] = True
 
     def __init__(self, config: DSONASConfig | dict[str, Any] | None = None):
         super().__init__(config)
@@ -148,7 +152,7 @@ class DSONAS(SearchMethod):
                 raise UsageError(f"dsonas: node {node['id']!r} is a {node['op']!r} in the architecture "
                                  f"but a {getattr(mod, 'op', '?')!r} in the supernet")
             for key, tensor in mod.state_dict().items():
-                out[f"nodes.{node['id']}.{key}"] = tensor.detach().clone()
+                out[f"nodes.{node['id']}.{key}"] = tensor.detach().cpu().clone()
         return out
 
     # --- helpers -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.device import Compute, LossScale
 from nas2deploy.train import accuracy, split_epochs
 
 from .config import DSONASConfig
@@ -26,14 +27,24 @@ from .space import DSONASSupernet, edge_costs
 class Searcher:
     """Optimiser state and the two kinds of step, on one supernet."""
 
-    def __init__(self, supernet: DSONASSupernet, cfg: DSONASConfig):
+    def __init__(self, supernet: DSONASSupernet, cfg: DSONASConfig, compute: Compute | None = None):
         self.net, self.cfg = supernet, cfg
+        # where and in what precision the steps run (the supernet is already on that device)
+        self.compute = compute if compute is not None else Compute(torch.device("cpu"), "off")
         self.w_params = supernet.weight_parameters()
         self.a_params = supernet.arch_parameters()
         self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = APGNAG(self.a_params, cfg.arch_lr, cfg.arch_momentum, grad_clip=cfg.grad_clip)
-        self.costs = edge_costs(supernet) if cfg.adaptive_cost == "flops" else None
+        costs = edge_costs(supernet) if cfg.adaptive_cost == "flops" else None
+        # MACs per edge on the CPU (read as Python floats against the CPU alive masks) and on
+        # λ's device (the γ tensors of the proximal step); one list on a CPU search.
+        self.costs_cpu = costs
+        device = self.a_params[0].device if self.a_params else torch.device("cpu")
+        self.costs = None if costs is None else [c.to(device) for c in costs]
+        # fp16 loss scaling, one per parameter group (disabled, plain autograd.grad, otherwise)
+        self.w_scale = LossScale(self.compute)
+        self.a_scale = LossScale(self.compute)
         # 0 where an edge was removed for good at a rebuild; it then stays at exactly 0.
         self.masks = [torch.ones_like(p) for p in self.a_params]
         self.w_steps = 0
@@ -47,8 +58,12 @@ class Searcher:
         """One NAG step on W (W split batch); λ is read, never written. (The authors' code also
         clamps λ ≥ 0 after weight-only iterations; λ is already ≥ 0 there, so that is a no-op and
         is left out, which keeps λ bit-identical across a W step.)"""
-        loss = self._loss(x, y)
-        grads = torch.autograd.grad(loss, self.w_params, allow_unused=True)
+        with self.compute.autocast():
+            loss = self._loss(x, y)
+        grads = self.w_scale.grads(loss, self.w_params)
+        if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
+            self.w_steps += 1
+            return float(loss.detach())
         clip = self.cfg.grad_clip
         for p, g in zip(self.w_params, grads):
             g = torch.zeros_like(p) if g is None else g
@@ -66,16 +81,22 @@ class Searcher:
         gamma = self.cfg.gamma
         if self.costs is None:
             return gamma
-        alive = alive_masks(self.net)
-        top = max(float((c * a).max()) for c, a in zip(self.costs, alive))
+        alive = alive_masks(self.net)  # on the CPU
+        top = max(float((c * a).max()) for c, a in zip(self.costs_cpu, alive))
         if top <= 0:
-            top = max(float(c.max()) for c in self.costs)
+            top = max(float(c.max()) for c in self.costs_cpu)
         return [gamma * c / top for c in self.costs]
 
     def arch_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One APG-NAG step on λ (λ split batch); W is read, never written."""
-        loss = self._loss(x, y)
-        grads = torch.autograd.grad(loss, self.a_params, allow_unused=True)
+        """One APG-NAG step on λ (λ split batch); W is read, never written. The forward runs
+        under the run's autocast; λ, their (unscaled, float32) gradients and the proximal step
+        stay in float32."""
+        with self.compute.autocast():
+            loss = self._loss(x, y)
+        grads = self.a_scale.grads(loss, self.a_params)
+        if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
+            self.arch_steps += 1
+            return float(loss.detach())
         self.a_opt.step(grads, self.gammas(), self.masks)
         self.arch_steps += 1
         return float(loss.detach())
@@ -135,7 +156,8 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
     bs = int(ctx.batch_size)
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
-    searcher = Searcher(supernet, cfg)
+    compute = getattr(ctx, "compute", None) or Compute(torch.device("cpu"), "off")
+    searcher = Searcher(supernet, cfg, compute)
     n_pre, n_search = split_epochs(int(ctx.epochs), cfg.pretrain_fraction)
     total_edges = sum(p.numel() for p in searcher.a_params)
     a_batches = data.cycle("arch", bs, gen_a)
@@ -166,12 +188,14 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
             if phase == "search" and cfg.prune_every and (epoch + 1 - n_pre) % cfg.prune_every == 0:
                 zeroed = searcher.rebuild()
             train_seconds = time.perf_counter() - t0
-            recalibrate_bn(supernet, data.ordered("weights", bs, limit=256))
+            with compute.autocast():
+                recalibrate_bn(supernet, data.ordered("weights", bs, limit=256))
+                val_acc = accuracy(supernet, data.ordered("val"))
             arch = method.decided(supernet)
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "phase": phase,
                 "loss": sum(w_losses) / max(len(w_losses), 1),
-                "val_acc": accuracy(supernet, data.ordered("val")),
+                "val_acc": val_acc,
                 "alive_edges": arch.decisions["alive_edges"], "total_edges": total_edges,
                 "nonzero_lambda": int(sum(int((p != 0).sum()) for p in searcher.a_params)),
                 "w_steps": searcher.w_steps - w0, "arch_steps": searcher.arch_steps - a0,

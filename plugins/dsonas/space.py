@@ -144,7 +144,11 @@ class NormalBlock(nn.Module):
         for m in range(self.levels):
             # All inputs of level m at once: (N × S) @ (S × everything), one GEMM instead of
             # N·S scaled adds.
-            inputs = torch.tensordot(self.lam_in[m], torch.stack(srcs, 0), dims=1).unbind(0)
+            # (Under autocast the sources can mix float16/bfloat16 op outputs with float32 ones,
+            # which the stack promotes; tensordot is no autocast op and wants one dtype: λ is
+            # cast to the stack's, a no-op in float32.)
+            stacked = torch.stack(srcs, 0)
+            inputs = torch.tensordot(self.lam_in[m].to(stacked.dtype), stacked, dims=1).unbind(0)
             for op, inp in zip(self.ops[m], inputs):
                 srcs.append(op(inp.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         # Σ λ_i · conv1x1_i(h_i) (equivalent to DSO-NAS's concat + 1×1, Zhang et al. 2018, search
@@ -188,7 +192,9 @@ class DSONASSupernet(nn.Module):
 
     def __init__(self, cfg: DSONASConfig, task: TaskSpec):
         super().__init__()
-        self.cfg = DSONASConfig(**cfg.to_dict())  # a private copy: the space must not drift
+        # a private copy: the space must not drift (from_dict: every value explicit, so a preset
+        # cannot override a value set to its class default)
+        self.cfg = DSONASConfig.from_dict(cfg.to_dict())
         self.task = task
         self.layout = layout(self.cfg, task)
         self.stem = Conv(**stem_params(task.input_channels, self.cfg.base_width, self.cfg.stem_stride))
@@ -248,8 +254,9 @@ class DSONASSupernet(nn.Module):
 # cost of every edge (for the adaptive γ)
 
 
-def _macs(module: nn.Module, c: int, size: int) -> int:
-    """MACs of one forward of ``module`` on a 1×c×size×size input, by torch's FLOP counter.
+def _macs(module: nn.Module, c: int, size: int, device: torch.device | str = "cpu") -> int:
+    """MACs of one forward of ``module`` (on ``device``) on a 1×c×size×size input, by torch's
+    FLOP counter.
 
     The counter leaves pooling out (as MAC figures in the literature do), which would exempt
     pool ops from any cost-weighted penalty; a pool is charged one accumulate/compare per window
@@ -259,7 +266,7 @@ def _macs(module: nn.Module, c: int, size: int) -> int:
     module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            out = module(torch.zeros(1, c, size, size))
+            out = module(torch.zeros(1, c, size, size, device=device))
     finally:
         module.train(was)
     macs = int(counter.get_total_flops() // 2)
@@ -274,13 +281,15 @@ def edge_costs(supernet: DSONASSupernet) -> list[torch.Tensor]:
     """MACs of every edge, shaped like ``supernet.arch_parameters()``.
 
     An input edge costs the MACs of the op it feeds; an output edge the MACs of its 1×1 conv; a
-    reduction edge the MACs of its branch's conv. Computed once per distinct (op, width, size).
+    reduction edge the MACs of its branch's conv. Computed once per distinct (op, width, size),
+    on the supernet's device; the costs are CPU tensors.
     """
     cache: dict[tuple, int] = {}
+    device = next(supernet.parameters()).device
 
     def cost(key: tuple, module: nn.Module, c: int, size: int) -> int:
         if key not in cache:
-            cache[key] = _macs(module, c, size)
+            cache[key] = _macs(module, c, size, device)
         return cache[key]
 
     costs: list[torch.Tensor] = []

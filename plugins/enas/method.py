@@ -35,6 +35,10 @@ class ENAS(SearchMethod):
     # slowly under six ops and random skips: after 8 epochs the children are still near chance
     # and the controller learns little besides the latency term; 20 bring the loss under 2.
     default_search_epochs: ClassVar[int] = 20
+    # The search runs on the supernet's device (the controller samples with a CPU generator);
+    # the shared weights' forwards under the run's autocast, fp16 loss-scaled; the controller in
+    # float32. ``decide`` scores its children wherever the supernet then is.
+    runs_on_gpu: ClassVar[bool] = True
 
     def __init__(self, config: ENASConfig | dict[str, Any] | None = None):
         super().__init__(config)

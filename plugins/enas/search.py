@@ -3,6 +3,7 @@ the derivation (sample m children, score each on held-out data, keep the best)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.device import Compute
 from nas2deploy.method import SearchContext, SearchData
 from nas2deploy.objectives import mnas_reward
 
@@ -67,12 +69,17 @@ class Searched:
 
 
 @torch.no_grad()
-def child_accuracy(net: MacroSupernet, child: Child, batches) -> float:
-    """Accuracy on ``batches`` with BN on batch statistics; the supernet is not changed."""
+def child_accuracy(net: MacroSupernet, child: Child, batches,
+                   compute: Compute | None = None) -> float:
+    """Accuracy on ``batches`` with BN on batch statistics; the supernet is not changed. The
+    forwards run under ``compute``'s autocast (none by default)."""
     correct = total = 0
+    amp = compute.autocast if compute is not None else contextlib.nullcontext
     with batch_statistics(net):
         for x, y in batches:
-            correct += int((net(x, child).argmax(1) == y).sum())
+            with amp():
+                out = net(x, child)
+            correct += int((out.argmax(1) == y).sum())
             total += len(y)
     return correct / total if total else float("nan")
 
@@ -81,6 +88,10 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
     cfg, data = net.cfg, ctx.data
     device = data.device
     net.to(device)
+    # The controller (sampling, log-probabilities, REINFORCE) runs outside autocast, in float32;
+    # the shared weights' forwards under it, their gradients loss-scaled under fp16.
+    compute = getattr(ctx, "compute", None) or Compute(torch.device("cpu"), "off")
+    scaler = compute.scaler()
     ctrl = net.controller
     rewarder = Rewarder(net, ctx.budget_ms, ctx.latency_model)
     gen_data = torch.Generator().manual_seed(ctx.seed)
@@ -107,12 +118,15 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
             for x, y in data.epoch("weights", ctx.batch_size, gen_data):
                 with torch.no_grad():
                     child = child_of(net, ctrl(gen_arch))
-                out = net(x, child)
-                loss = F.cross_entropy(out, y)
+                with compute.autocast():
+                    out = net(x, child)
+                    loss = F.cross_entropy(out, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # clip the true gradients
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                scaler.step(opt)  # skipped on an fp16 overflow
+                scaler.update()
                 sched.step()
                 loss_sum += loss.item() * len(y)
                 correct += int((out.argmax(1) == y).sum())
@@ -126,7 +140,7 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
                 for _ in range(cfg.controller_samples):
                     s = ctrl(gen_arch)
                     child = child_of(net, s)
-                    acc = child_accuracy(net, child, [next(arch_stream)])
+                    acc = child_accuracy(net, child, [next(arch_stream)], compute)
                     r = rewarder(acc, child)
                     samples.append(s)
                     rs.append(r)
@@ -139,7 +153,7 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
                     bar.update(1)
             row = epoch_row(net, data, rewarder, epoch, loss_sum / max(seen, 1),
                             correct / max(seen, 1), rewards, accs, ents, skips,
-                            update.baseline.value)
+                            update.baseline.value, compute)
             row["controller_loss"] = _mean(losses)
             ctx.history.append(row)
             ctx.log(f"enas epoch {epoch}: loss {row['loss']:.3f}, greedy child val acc "
@@ -160,12 +174,12 @@ def _mean(v: list[float]) -> float:
 
 
 def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, skips,
-              baseline) -> dict[str, Any]:
+              baseline, compute: Compute | None = None) -> dict[str, Any]:
     with torch.no_grad():
         greedy = child_of(net, net.controller(greedy=True))
     pairs = net.layout.n * (net.layout.n - 1) / 2
     row = {"epoch": epoch, "phase": "search", "loss": loss, "train_acc": train_acc,
-           "val_acc": child_accuracy(net, greedy, data.ordered("val", 256)),
+           "val_acc": child_accuracy(net, greedy, data.ordered("val", 256), compute),
            "reward": _mean(rewards), "arch_acc": _mean(accs),
            "baseline": float("nan") if baseline is None else baseline,
            "entropy": _mean(ents),
@@ -180,8 +194,10 @@ def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, 
 def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[dict[str, Any]]]:
     """Sample ``m`` children from the controller (seeded by the search's seed), score each on
     the held-out split with the search's reward, keep the best (the first on ties). Reads the
-    supernet, changes nothing."""
+    supernet, changes nothing. Runs where the supernet is (after a search on a GPU, the pipeline
+    has moved it back to the CPU): the held-out batches are read onto its device."""
     gen = torch.Generator().manual_seed(searched.seed + 3)
+    device = next(net.parameters()).device
     scored: list[dict[str, Any]] = []
     best, best_score = None, -math.inf
     seen: dict[Child, float] = {}
@@ -189,7 +205,7 @@ def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[
         with torch.no_grad():
             child = child_of(net, net.controller(gen))
         if child not in seen:
-            acc = child_accuracy(net, child, searched.data.ordered("val", 256))
+            acc = child_accuracy(net, child, searched.data.ordered("val", 256, device=device))
             seen[child] = acc
         acc = seen[child]
         score = searched.rewarder(acc, child)

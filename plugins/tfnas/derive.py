@@ -70,7 +70,7 @@ def inherited(net: TFNASSupernet, spec: dict[str, Any], ops: Sequence[int]) -> d
     out: dict[str, torch.Tensor] = {}
     for name, mod in net.fixed_modules().items():
         for key, t in mod.state_dict().items():
-            out[f"nodes.{name}.{key}"] = t.detach().clone()
+            out[f"nodes.{name}.{key}"] = t.detach().cpu().clone()
     by_name = {b.name: (j, blk) for j, (b, blk) in enumerate(zip(net.layout.blocks, net.blocks()))}
     for node in spec["nodes"]:
         if node["id"] not in by_name:
@@ -81,5 +81,5 @@ def inherited(net: TFNASSupernet, spec: dict[str, Any], ops: Sequence[int]) -> d
             raise ValueError(f"block {node['id']}: the architecture's mid {node['mid']} is not the "
                              f"supernet op's current width {op.mid}")
         for key, t in op.export_state().items():
-            out[f"nodes.{node['id']}.{key}"] = t
+            out[f"nodes.{node['id']}.{key}"] = t.cpu()
     return out

@@ -35,6 +35,10 @@ class TFNAS(SearchMethod):
     # The whole default budget (warm-up + search), sized so the default space searches the
     # project's default data (digits) in about two minutes on two CPU cores.
     default_search_epochs: ClassVar[int] = 16
+    # Every tensor the search makes is on the supernet's device (Gumbel noise and sampled ops are
+    # drawn on the CPU generator, the cost matrix moves to the device); forwards run under the
+    # run's autocast, α, β, their softmax and the latency term in float32, fp16 loss-scaled.
+    runs_on_gpu: ClassVar[bool] = True
 
     def __init__(self, config: TFNASConfig | dict[str, Any] | None = None):
         super().__init__(config)

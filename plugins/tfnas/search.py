@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.device import Compute, LossScale
 from nas2deploy.latency import secant
 from nas2deploy.train import split_epochs
 
@@ -46,14 +47,18 @@ from .space import TFNASSupernet
 
 
 def gumbel_like(x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise shaped like ``x``, float32 on ``x``'s device, drawn (and computed)
+    on the CPU with ``gen`` (a CPU generator: a seed fixes the noise on any device)."""
     u = torch.rand(x.shape, generator=gen).clamp_(1e-10, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    return (-torch.log(-torch.log(u))).to(x.device)
 
 
 def gumbel_argmax(alpha: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """The Gumbel path: per row, argmax of a Gumbel sample of α (the temperature does not change
-    the argmax). Rows are drawn with probabilities softmax(α)."""
-    return (alpha.detach() + gumbel_like(alpha, gen)).argmax(-1)
+    the argmax). Rows are drawn with probabilities softmax(α). Computed on the CPU: the op
+    indices are CPU tensors (read as Python ints per block)."""
+    a = alpha.detach().float().cpu()
+    return (a + gumbel_like(a, gen)).argmax(-1)
 
 
 def random_other(chosen: torch.Tensor, n_ops: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -166,7 +171,7 @@ class Landing:
     def measure(self) -> float:
         ops, depths, mids = parsed(self.net)
         spec = network_spec(self.net.layout, ops, depths, mids)
-        ms = float(self._measure(spec, inherited(self.net, spec, ops)))
+        ms = float(self._measure(spec, inherited(self.net, spec, ops)))  # CPU weights
         # after the measurement: a FLOPs proxy has refitted on it (the table follows)
         predicted = self.table.parsed(ops, depths, mids)
         if predicted > 0 and ms > 0:
@@ -357,8 +362,12 @@ class Searcher:
     """Optimisers and the two kinds of step on one supernet."""
 
     def __init__(self, net: TFNASSupernet, cfg: TFNASConfig, table: CostTable | None,
-                 target_ms: float | None, total_w_steps: int, seed: int):
+                 target_ms: float | None, total_w_steps: int, seed: int,
+                 compute: Compute | None = None):
         self.net, self.cfg, self.table, self.target = net, cfg, table, target_ms
+        self.compute = compute if compute is not None else Compute(torch.device("cpu"), "off")
+        self.w_scaler = self.compute.scaler()  # fp16 loss scaling (a pass-through otherwise)
+        self.a_scale = LossScale(self.compute)
         self.w_params = net.weight_parameters()
         self.a_params = net.arch_parameters()
         self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.lr, momentum=cfg.momentum,
@@ -388,10 +397,11 @@ class Searcher:
         paths = [g_ops]
         if bisample:
             paths.append(random_other(g_ops, net.alpha.shape[1], self.gen))
-        loss = sum(F.cross_entropy(net(x, ops=[int(o) for o in p], depth_probs=depth), y)
-                   for p in paths)
+        with self.compute.autocast():
+            loss = sum(F.cross_entropy(net(x, ops=[int(o) for o in p], depth_probs=depth), y)
+                       for p in paths)
         self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.w_scaler.scale(loss).backward()
         # masked channels of the ops that ran: keep their stored values through the step
         snapshots = []
         blocks = net.blocks()
@@ -403,9 +413,11 @@ class Searcher:
                     snapshots += [(t, d, idx, t.detach().index_select(d, idx).clone())
                                   for t, d in op.mid_tensors()]
         if self.cfg.grad_clip > 0:
+            self.w_scaler.unscale_(self.w_opt)  # clip the true gradients
             torch.nn.utils.clip_grad_norm_([p for p in self.w_params if p.grad is not None],
                                            self.cfg.grad_clip)
-        self.w_opt.step()
+        self.w_scaler.step(self.w_opt)  # skipped on an fp16 overflow
+        self.w_scaler.update()
         self.w_sched.step()
         self._restore_masked(snapshots)
         self.w_opt.zero_grad(set_to_none=True)
@@ -416,16 +428,23 @@ class Searcher:
                   costs: torch.Tensor | None) -> dict[str, float]:
         net = self.net
         net.train()
+        # the soft op weights and depth probabilities (and the latency term): float32, outside
+        # autocast; the supernet's forward under it
         w = soft_gumbel(net.alpha, tau, self.gen)
         depth = [torch.softmax(b, 0) for b in net.betas]
-        ce = F.cross_entropy(net(x, weights=w, depth_probs=depth), y)
+        with self.compute.autocast():
+            ce = F.cross_entropy(net(x, weights=w, depth_probs=depth), y)
         loss = ce
         out = {"ce": float(ce.detach())}
         if self.table is not None and self.target and costs is not None and self.cfg.lam > 0:
             lat = self.table.expected(w, depth, costs)
             loss = loss + self.cfg.lam * torch.abs(lat / self.target - 1.0)
             out["expected_ms"] = float(lat.detach())
-        grads = torch.autograd.grad(loss, self.a_params, allow_unused=True)
+        grads = self.a_scale.grads(loss, self.a_params)
+        if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
+            self.arch_steps += 1
+            out["loss"] = float(loss.detach())
+            return out
         for p, g in zip(self.a_params, grads):
             p.grad = torch.zeros_like(p) if g is None else g
         if self.cfg.arch_grad_clip > 0:
@@ -440,13 +459,14 @@ class Searcher:
 
 
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, batches) -> float:
+def accuracy(net: torch.nn.Module, batches, compute: Compute | None = None) -> float:
     """Top-1 of the parsed architecture with the supernet's weights on ``(x, y)`` batches, BN on
     batch statistics.
 
     A shared op's running statistics mix the inputs of every path that ran through it, so they
     do not describe the parsed path (the usual one-shot caveat); batch statistics do. Running
-    statistics are left untouched (momentum 0 for the duration).
+    statistics are left untouched (momentum 0 for the duration). The forwards run under
+    ``compute``'s autocast.
     """
     was = net.training
     bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -457,7 +477,9 @@ def accuracy(net: torch.nn.Module, batches) -> float:
     correct = total = 0
     try:
         for x, y in batches:
-            correct += int((net(x).argmax(1) == y).sum())
+            with (compute or Compute(torch.device("cpu"), "off")).autocast():
+                out = net(x)
+            correct += int((out.argmax(1) == y).sum())
             total += len(y)
     finally:
         for m, (mom, nbt) in zip(bns, saved):
@@ -496,7 +518,10 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
     multiple = int(getattr(ctx, "channel_multiple", 1) or 1)
     searched = Searched(table, target, multiple)
     n_batches = data.n_batches("weights", bs)
-    searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed)
+    compute = getattr(ctx, "compute", None) or Compute(torch.device("cpu"), "off")
+    device = net.alpha.device
+    searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed,
+                        compute)
     measure = getattr(ctx, "measure", None)
     landing = (Landing(net, table, target, measure, multiple)
                if measure is not None and target and cfg.elastic and cfg.measured_landing
@@ -514,7 +539,8 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
             s_epoch = epoch - n_warm
             tau = temperature(cfg, s_epoch, n_search) if not warm else cfg.tau_start
             t0 = time.perf_counter()
-            costs = table.op_cost_matrix(net.mids()) if (not warm and target) else None
+            # the costs at this epoch's widths, on α's device (they meet the soft op weights)
+            costs = table.op_cost_matrix(net.mids()).to(device) if (not warm and target) else None
             w_losses: list[float] = []
             a_rows: list[dict[str, float]] = []
             for i, (xw, yw) in enumerate(data.epoch("weights", bs, gen_w)):
@@ -539,7 +565,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
             row: dict[str, Any] = {
                 "epoch": epoch + 1, "phase": phase,
                 "loss": sum(w_losses) / max(len(w_losses), 1),
-                "val_acc": accuracy(net, data.ordered("val")),
+                "val_acc": accuracy(net, data.ordered("val"), compute),
                 "predicted_ms": predicted, "temperature": tau,
                 "depths": depths, "blocks": len(blocks),
                 "mids": [all_mids[j][ops[j]] for j in blocks],

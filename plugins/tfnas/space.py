@@ -201,7 +201,7 @@ class ElasticMBConv(nn.Module):
         self.active = torch.sort(order[:mid]).values
 
     def inactive(self) -> torch.Tensor:
-        keep = torch.ones(self.mid_max, dtype=torch.bool)
+        keep = torch.ones(self.mid_max, dtype=torch.bool, device=self.active.device)
         keep[self.active] = False
         return keep.nonzero().flatten()
 
@@ -251,8 +251,9 @@ class ElasticMBConv(nn.Module):
         def bn_state(prefix: str, bn: nn.BatchNorm2d, sel: torch.Tensor | None) -> None:
             n = bn.num_features if sel is None else len(sel)
             take = (lambda t: t) if sel is None else (lambda t: t.index_select(0, sel))
-            out[f"{prefix}.weight"] = take(bn.weight) if bn.weight is not None else torch.ones(n)
-            out[f"{prefix}.bias"] = take(bn.bias) if bn.bias is not None else torch.zeros(n)
+            dev = bn.running_mean.device
+            out[f"{prefix}.weight"] = take(bn.weight) if bn.weight is not None else torch.ones(n, device=dev)
+            out[f"{prefix}.bias"] = take(bn.bias) if bn.bias is not None else torch.zeros(n, device=dev)
             out[f"{prefix}.running_mean"] = take(bn.running_mean)
             out[f"{prefix}.running_var"] = take(bn.running_var)
             out[f"{prefix}.num_batches_tracked"] = bn.num_batches_tracked
@@ -368,7 +369,7 @@ class TFNASSupernet(nn.Module):
 
     @torch.no_grad()
     def parsed_ops(self) -> list[int]:
-        return [int(i) for i in self.alpha.argmax(1)]
+        return self.alpha.argmax(1).tolist()  # one read (a GPU sync), not one per block
 
     @torch.no_grad()
     def parsed_depths(self) -> list[int]:
@@ -381,7 +382,7 @@ class TFNASSupernet(nn.Module):
     def one_hot_depths(self, depths: list[int]) -> list[torch.Tensor]:
         out = []
         for beta, d in zip(self.betas, depths):
-            p = torch.zeros(len(beta))
+            p = torch.zeros(len(beta), device=beta.device)
             p[d - 1] = 1.0
             out.append(p)
         return out

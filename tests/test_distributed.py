@@ -1,0 +1,102 @@
+"""Real scale, part 2, with real processes: two gloo ranks under torchrun make one bundle, a
+``kill -9`` during the search or the retrain is resumed to the same decision, and a run
+directory that is not this run's gets exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from test_bundle_safety import EXE, assert_one_line, cli, plugin_env
+
+from nas2deploy.bundle import read_manifest
+
+pytestmark = pytest.mark.multiprocess
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+# the random plugin: one checkpoint per sampled child, a retrain of three epochs
+TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 3\n'
+        'max-rounds = 1\ntarget = "onnxruntime:cpu"\nexport = "onnx"\n'
+        '[method-options]\nsamples = 3\nlayers = 2\nwidth = 8\n')
+
+
+def config(tmp_path: Path, text: str = TINY) -> Path:
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+def paused_then_killed(args: list, step: str, env: dict, logdir: Path) -> str:
+    """Run the console script until it pauses right after checkpoint ``step`` (the
+    NAS2DEPLOY_PAUSE_AT hook), then ``kill -9`` it. Returns what it printed."""
+    marker = logdir / f"paused-{step}"
+    log = logdir / f"log-{step}.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(EXE), *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
+                                env={**env, "NAS2DEPLOY_PAUSE_AT": step,
+                                     "NAS2DEPLOY_PAUSE_FILE": str(marker)})
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, f"exited {proc.returncode}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "never paused"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    return log.read_text()
+
+
+def test_two_gloo_ranks_make_one_bundle(random_plugin, tmp_path):
+    out = tmp_path / "b"
+    res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", str(EXE), "search-and-export",
+                          "--config", str(config(tmp_path)), "--out", str(out)],
+                         capture_output=True, text=True, env=plugin_env(random_plugin),
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = read_manifest(out)
+    assert m["distributed"] == {"backend": "gloo", "world_size": 2, "per_rank_batch": 64,
+                                "global_batch": 128, "ranks_agree_on_decision": True}
+    # rank 0 alone reports: one of each line, not two
+    assert res.stderr.count("opening dataset digits") == 1
+    assert res.stderr.count("bundle written to") == 1
+    assert not (tmp_path / "b.run").exists()  # removed with the bundle committed
+
+
+def test_a_retrain_killed_resumes_at_its_checkpoint(random_plugin, tmp_path):
+    env = plugin_env(random_plugin)
+    out, run = tmp_path / "b", tmp_path / "b.run"
+    args = ["search-and-export", "--config", config(tmp_path), "--out", out]
+    said = paused_then_killed(args, "retrain-1-2", env, tmp_path)
+    assert "retrain" in said and not out.exists()
+    assert (run / "run.json").is_file() and (run / "retrain-1" / "ckpt-000002.json").is_file()
+    # the same command without --resume is refused: the unfinished run is not thrown away
+    assert_one_line(cli(*args, env=env), 2, "--resume")
+    res = cli(*args, "--resume", run, env=env)
+    assert res.returncode in (0, 3), res.stderr[-3000:]  # 3: this tiny space misses the budget
+    assert "resuming retrain-1 after epoch 2" in res.stderr
+    assert "resuming search after epoch 3" in res.stderr  # every sample was checkpointed
+    m = read_manifest(out)
+    assert [r["epoch"] for r in m["retrain"]["history"]] == [0, 1, 2]
+    assert m["resumed"]["measurements_replayed"] >= 3  # the budget's and the round's
+    assert not run.exists()
+
+
+def test_a_foreign_or_corrupt_run_directory_gets_exit_2(random_plugin, tmp_path):
+    env = plugin_env(random_plugin)
+    out, run = tmp_path / "b", tmp_path / "b.run"
+    args = ["search-and-export", "--config", config(tmp_path), "--out", out]
+    paused_then_killed(args, "search-1", env, tmp_path)
+    assert_one_line(cli(*args, "--seed", "1", "--resume", run, env=env), 2,
+                    "another config (seed: 0 -> 1)")
+    assert_one_line(cli(*args, "--resume", tmp_path, env=env), 2, "not a nas2deploy run directory")
+    (run / "run.json").write_text("{")
+    assert_one_line(cli(*args, "--resume", run, env=env), 2, "not readable JSON")
+    assert (run / "search").is_dir()  # nothing of the killed run was removed
