@@ -169,6 +169,35 @@ class Loop:
         return step, wrapped["tree"]
 
 
+def module_state(module: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """Every parameter and every buffer of ``module``, non-persistent ones included (a
+    supernet's elastic widths live in such buffers, and their shapes change as it searches)."""
+    return {"params": {k: v.detach() for k, v in module.named_parameters()},
+            "buffers": {k: v for k, v in module.named_buffers() if v is not None}}
+
+
+@torch.no_grad()
+def load_module_state(module: torch.nn.Module, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """``module_state`` put back in place, each tensor on the device its slot is on now.
+    Parameters are written into (optimizers keep referring to them); buffers are replaced."""
+    params = dict(module.named_parameters())
+    if set(params) != set(state["params"]):
+        raise UsageError("checkpoint does not match the supernet (another space?): parameters "
+                         f"differ ({sorted(set(params) ^ set(state['params']))[:3]})")
+    for name, value in state["params"].items():
+        p = params[name]
+        if p.shape == value.shape:
+            p.copy_(value)
+        else:
+            p.data = value.to(p.device, p.dtype)
+    owners = dict(module.named_modules())
+    for name, value in state["buffers"].items():
+        owner, _, leaf = name.rpartition(".")
+        mod = owners[owner]
+        old = mod._buffers.get(leaf)
+        mod._buffers[leaf] = value.to(old.device if old is not None else value.device)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                              "python": random.getstate()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -119,13 +119,20 @@ class LossScale:
         self._good = 0
         self.skipped = 0
 
-    def grads(self, loss: torch.Tensor, params: list[torch.Tensor],
-              allow_unused: bool = True) -> list[torch.Tensor | None] | None:
+    def grads(self, loss: torch.Tensor, params: list[torch.Tensor], allow_unused: bool = True,
+              average: Callable[[list], None] | None = None) -> list[torch.Tensor | None] | None:
         """Unscaled float32 gradients of ``loss`` w.r.t. ``params``; None (the step is to be
-        skipped) when any is inf or NaN under fp16."""
+        skipped) when any is inf or NaN under fp16. ``average`` (``SearchContext.average``):
+        averages them across ranks first, so every rank takes or skips the step alike."""
         if not self.enabled:
-            return list(torch.autograd.grad(loss, params, allow_unused=allow_unused))
-        scaled = torch.autograd.grad(loss.float() * self.scale, params, allow_unused=allow_unused)
+            out = list(torch.autograd.grad(loss, params, allow_unused=allow_unused))
+            if average is not None:
+                average(out)
+            return out
+        scaled = list(torch.autograd.grad(loss.float() * self.scale, params,
+                                          allow_unused=allow_unused))
+        if average is not None:
+            average(scaled)
         out = [None if g is None else g.float() / self.scale for g in scaled]
         finite = all(bool(torch.isfinite(g).all()) for g in out if g is not None)
         if not finite:
@@ -138,3 +145,10 @@ class LossScale:
             self.scale *= 2.0
             self._good = 0
         return out
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "good": self._good, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale, self._good, self.skipped = (float(state["scale"]), int(state["good"]),
+                                                int(state["skipped"]))

@@ -72,6 +72,9 @@ class SearchContext:
     # Where the search checkpoints (a ``nas2deploy.checkpoint.Loop``, set by the pipeline with
     # its run directory; None: no checkpoints): see ``save_state`` and ``restore_state``.
     checkpoints: Any = None
+    # called with the restored ``measurements`` when a search resumes (the pipeline moves its
+    # measurement journal past them and refits a learning latency model on them)
+    on_restore: Callable[[list[dict[str, Any]]], None] | None = None
 
     def average(self, tensors: Any) -> None:
         """Average gradients (or any tensors) across ranks in place; a no-op on one process."""
@@ -96,6 +99,8 @@ class SearchContext:
         epoch, tree = loaded
         self.history[:] = tree["history"]
         self.measurements[:] = tree["measurements"]
+        if self.on_restore is not None:
+            self.on_restore(self.measurements)
         return epoch, tree["state"]
 
 

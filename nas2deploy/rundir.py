@@ -143,6 +143,19 @@ class RunDir:
         self._append({"kind": kind, "key": key, "value": value})
         return value
 
+    def skip(self, kind: str, key: str) -> None:
+        """A measurement a restored checkpoint already holds: its journal entry is passed over
+        (kept in the journal), as if it had been replayed."""
+        if self._replay and self.diverged is None:
+            nxt = self._replay[0]
+            if nxt["kind"] == kind and nxt["key"] == key:
+                self._replay.pop(0)
+                self._journal.append(nxt)
+                return
+            self.diverged = (f"the restored search holds {kind} {key} where the journal has "
+                             f"{nxt['kind']} {nxt['key']}; measuring afresh from here")
+            self._replay = []
+
     def _append(self, entry: dict[str, Any]) -> None:
         self._journal.append(entry)
         write_json_atomic(self.path / "measurements.json", self._journal + self._replay)

@@ -100,3 +100,54 @@ def test_a_foreign_or_corrupt_run_directory_gets_exit_2(random_plugin, tmp_path)
     (run / "run.json").write_text("{")
     assert_one_line(cli(*args, "--resume", run, env=env), 2, "not readable JSON")
     assert (run / "search").is_dir()  # nothing of the killed run was removed
+
+
+DSONAS = ('method = "dsonas"\nsearch-epochs = 3\nretrain-epochs = 1\nmax-rounds = 1\n'
+          'target = "onnxruntime:cpu"\nexport = "onnx"\n'
+          '[method-options]\nstages = 2\nblocks_per_stage = 1\nlevels = 2\nbase_width = 8\n'
+          'gamma = 0.05\n')
+
+
+def test_a_search_killed_by_kill_9_resumes_to_the_same_decision(tmp_path):
+    """DSO-NAS takes no measurement while it searches: the resumed run's search decides the
+    architecture an uninterrupted run decides, bit for bit."""
+    cfg = config(tmp_path, DSONAS)
+    whole = tmp_path / "whole"
+    res = cli("search-and-export", "--config", cfg, "--out", whole)
+    assert res.returncode in (0, 3), res.stderr[-3000:]
+    out, run = tmp_path / "b", tmp_path / "b.run"
+    args = ["search-and-export", "--config", cfg, "--out", out]
+    paused_then_killed(args, "search-2", dict(os.environ), tmp_path)
+    res = cli(*args, "--resume", run)
+    assert res.returncode in (0, 3), res.stderr[-3000:]
+    assert "resuming search after epoch 2" in res.stderr
+    a, b = read_manifest(whole), read_manifest(out)
+    assert b["search"]["decided"] == a["search"]["decided"]
+    # predicted_ms: by the latency model, which each run anchors on its own measurements
+    strip = ("seconds", "train_seconds", "predicted_ms")
+    assert ([{k: v for k, v in r.items() if k not in strip} for r in b["search"]["history"]]
+            == [{k: v for k, v in r.items() if k not in strip} for r in a["search"]["history"]])
+    assert load_file(str(out / "model.safetensors")).keys() == \
+        load_file(str(whole / "model.safetensors")).keys()
+
+
+TFNAS = ('method = "tfnas"\nsearch-epochs = 3\nretrain-epochs = 0\nmax-rounds = 1\n'
+         'target = "onnxruntime:cpu"\nexport = "onnx"\n')
+
+
+def test_measurements_taken_before_a_kill_are_replayed_not_retaken(tmp_path):
+    """TF-NAS measures its candidate every search epoch: a resumed run steers by the
+    measurements the killed run journalled (the same values, not new timings) up to the kill,
+    and measures afresh only after it."""
+    out, run = tmp_path / "b", tmp_path / "b.run"
+    args = ["search-and-export", "--config", config(tmp_path, TFNAS), "--out", out]
+    paused_then_killed(args, "search-2", dict(os.environ), tmp_path)
+    journal = json.loads((run / "measurements.json").read_text())
+    in_search = [e for e in journal if e["kind"] == "side_by_side"][2:]  # after the budget's
+    assert in_search, journal
+    res = cli(*args, "--resume", run)
+    assert res.returncode in (0, 3), res.stderr[-3000:]
+    m = read_manifest(out)
+    got = [r["measured_p50_ms"] for r in m["search"]["measurements"]][:len(in_search)]
+    assert got == [e["value"]["p50_ms"] for e in in_search]
+    assert m["resumed"]["measurements_replayed"] >= 3 and m["resumed"]["replay_diverged"] is None

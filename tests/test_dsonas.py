@@ -548,3 +548,27 @@ def test_cifar_preset_builds_the_papers_space_and_explicit_options_override_it()
     assert DSONASConfig(preset="cifar").base_width == cfg.base_width  # direct construction
     with pytest.raises(UsageError, match="cifar"):
         DSONAS({"preset": "imagenet"})
+
+
+def test_a_reduction_after_a_channels_last_block_trains_with_two_threads(tmp_path):
+    """torch 2.13's oneDNN backward of a strided 1x1 conv over a channels-last input corrupted
+    the heap with 2 threads (batch 3, 8 -> 16 channels at 16 x 16), which the reduction block
+    met behind every normal block (their output is an NHWC view) in a 32-px search. Run in a
+    process of its own: the bug aborts the process, not a test."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import torch, torch.nn.functional as F\n"
+        "from nas2deploy.method import TaskSpec\n"
+        "from nas2deploy_plugins.dsonas import DSONAS\n"
+        "torch.set_num_threads(2)\n"
+        "m = DSONAS({'stages': 2, 'blocks_per_stage': 1, 'levels': 2, 'base_width': 8})\n"
+        "net = m.build(TaskSpec(1, 32, 10))\n"
+        "for n in (3, 53, 3, 53, 3):\n"
+        "    x, y = torch.randn(n, 1, 32, 32), torch.randint(0, 10, (n,))\n"
+        "    torch.autograd.grad(F.cross_entropy(net(x), y), net.weight_parameters())\n"
+        "print('ok')\n")
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

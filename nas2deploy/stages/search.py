@@ -71,6 +71,17 @@ def search(run: RunState, budget: Budget) -> SearchResult:
             return rep.p50_ms
 
         ctx.measure = measure_spec
+
+    def restored(measurements: list[dict[str, Any]]) -> None:
+        """The search resumes past these: the journal moves past them too, and a latency model
+        that learns from measurements learns them again, in order."""
+        for m in measurements:
+            if run.rundir is not None and run.world.leader:
+                run.rundir.skip("side_by_side", spec_key(m["spec"]))
+            if hasattr(lat_model, "observe"):
+                lat_model.observe(m["spec"], m["measured_p50_ms"])
+
+    ctx.on_restore = restored
     log(f"searching with {method.name} for {epochs} epochs on {data.device}")
     t = time.perf_counter()
     with on(run.supernet, compute), data:  # the search's loaders stop with it

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute, LossScale
 
 from .config import PAPER_ARCH_LR, PAPER_ARCH_STEPS, PAPER_BATCH, PAPER_LR, DenseNASConfig
@@ -178,8 +179,11 @@ def table_on(table: CostTable, device: torch.device) -> CostTable:
 class Searcher:
     def __init__(self, net: DenseNASSupernet, cfg: DenseNASConfig, table: CostTable,
                  budget: float | None, total_w_steps: int, total_a_steps: int, seed: int,
-                 batch_size: int = 64, compute: Compute | None = None):
+                 batch_size: int = 64, compute: Compute | None = None,
+                 average: Callable[[list], None] | None = None):
         self.net, self.cfg, self.budget = net, cfg, budget
+        # data-parallel: gradients averaged across ranks before every step (None: one process)
+        self.average = average
         self.compute = compute if compute is not None else _cpu()
         # the cost table on the architecture parameters' device (it meets softmax(α) there)
         self.table = table_on(table, net.beta.device)
@@ -220,6 +224,8 @@ class Searcher:
             g["lr"] = self._lr()
         self.w_opt.zero_grad(set_to_none=True)
         self.w_scaler.scale(loss).backward()
+        if self.average is not None:  # still scaled: an fp16 overflow is skipped on every rank
+            self.average([p.grad for p in self.w_params])
         self.w_scaler.step(self.w_opt)  # skipped on an fp16 overflow
         self.w_scaler.update()
         self.w_opt.zero_grad(set_to_none=True)
@@ -249,13 +255,27 @@ class Searcher:
             ce = F.cross_entropy(net(x, heads, stacks, p), y)
         cost = expected_cost(self.layout, self.table, p, wh, ws)
         loss = ce + latency_penalty(cost, self.cfg, self.budget).to(ce.dtype)
-        grads = self.a_scale.grads(loss, net.arch_parameters())
+        grads = self.a_scale.grads(loss, net.arch_parameters(), average=self.average)
         if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
             self.a_steps += 1
             return float(loss.detach()), float(cost.detach())
         self.a_opt.step(list(grads), [mh, ms])
         self.a_steps += 1
         return float(loss.detach()), float(cost.detach())
+
+    def state(self) -> dict[str, Any]:
+        """What the searcher carries across epochs besides the supernet (for a checkpoint)."""
+        return {"w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.opt.state_dict(),
+                "w_scaler": self.w_scaler.state_dict(), "a_scale": self.a_scale.state_dict(),
+                "gen": self.gen, "w_steps": self.w_steps, "a_steps": self.a_steps}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.opt.load_state_dict(state["a_opt"])
+        self.w_scaler.load_state_dict(state["w_scaler"])
+        self.a_scale.load_state_dict(state["a_scale"])
+        self.gen.set_state(state["gen"].get_state())
+        self.w_steps, self.a_steps = int(state["w_steps"]), int(state["a_steps"])
 
     @torch.no_grad()
     def expected_ms(self) -> float:
@@ -297,9 +317,20 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     nw, na = data.n_batches("weights", bs), data.n_batches("arch", bs)
     compute = getattr(ctx, "compute", None) or _cpu()
     searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs,
-                        compute)
+                        compute, average=getattr(ctx, "average", None))
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
+    kept: list[dict[str, Any]] = []
+    first = 0
+    resumed = ctx.restore_state() if hasattr(ctx, "restore_state") else None
+    if resumed is not None:
+        first, state = resumed
+        load_module_state(net, state["supernet"])
+        searcher.load_state(state["searcher"])
+        gen_w.set_state(state["gen_w"].get_state())
+        gen_a.set_state(state["gen_a"].get_state())
+        data.load_state(state["data"])
+        kept = [dict(k) for k in state["kept"]]
     g = layout.graph
     ctx.log(f"densenas: {n_warm} warm-up + {epochs - n_warm} search epochs; {len(g.edges)} edges, "
             f"{g.count_paths()} paths, {len(layout.head_row)} heads, {layout.n_layer_rows} stacked "
@@ -310,9 +341,10 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     # back to the default layout at the end (the derived net inherits plain tensors).
     net.to(memory_format=torch.channels_last)
     bar = ctx.progress(total=total, desc="densenas search") if ctx.progress is not None else None
-    kept: list[dict[str, Any]] = []
+    if bar is not None and first:
+        bar.update(first * nw + max(0, first - n_warm) * na)
     try:
-        for epoch in range(epochs):
+        for epoch in range(first, epochs):
             phase = "warmup" if epoch < n_warm else "search"
             t0 = time.perf_counter()
             a_losses, a_costs = [], []
@@ -353,6 +385,10 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
                     f"{val:.3f} expected {row.get('predicted_ms', row.get('expected_mmacs')):.4f} "
                     f"derived {rec[f'derived_{unit}']:.4f} {unit} path {rec['path']} "
                     f"({row['seconds']:.1f} s)")
+            if hasattr(ctx, "save_state"):
+                ctx.save_state(epoch + 1, {
+                    "supernet": module_state(net), "searcher": searcher.state(), "gen_w": gen_w,
+                    "gen_a": gen_a, "data": data.state(), "kept": kept})
     finally:
         if bar is not None:
             bar.close()

@@ -10,11 +10,12 @@ Pre-training uses the W split only.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute, LossScale
 from nas2deploy.train import accuracy, split_epochs
 
@@ -27,8 +28,11 @@ from .space import DSONASSupernet, edge_costs
 class Searcher:
     """Optimiser state and the two kinds of step, on one supernet."""
 
-    def __init__(self, supernet: DSONASSupernet, cfg: DSONASConfig, compute: Compute | None = None):
+    def __init__(self, supernet: DSONASSupernet, cfg: DSONASConfig, compute: Compute | None = None,
+                 average: Callable[[list], None] | None = None):
         self.net, self.cfg = supernet, cfg
+        # data-parallel: gradients averaged across ranks before every step (None: one process)
+        self.average = average
         # where and in what precision the steps run (the supernet is already on that device)
         self.compute = compute if compute is not None else Compute(torch.device("cpu"), "off")
         self.w_params = supernet.weight_parameters()
@@ -60,7 +64,7 @@ class Searcher:
         is left out, which keeps λ bit-identical across a W step.)"""
         with self.compute.autocast():
             loss = self._loss(x, y)
-        grads = self.w_scale.grads(loss, self.w_params)
+        grads = self.w_scale.grads(loss, self.w_params, average=self.average)
         if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
             self.w_steps += 1
             return float(loss.detach())
@@ -93,13 +97,29 @@ class Searcher:
         stay in float32."""
         with self.compute.autocast():
             loss = self._loss(x, y)
-        grads = self.a_scale.grads(loss, self.a_params)
+        grads = self.a_scale.grads(loss, self.a_params, average=self.average)
         if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
             self.arch_steps += 1
             return float(loss.detach())
         self.a_opt.step(grads, self.gammas(), self.masks)
         self.arch_steps += 1
         return float(loss.detach())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs beside the supernet's own tensors."""
+        return {"w_opt": self.w_opt.state_dict(), "velocity": self.a_opt.velocity,
+                "masks": self.masks, "steps": [self.w_steps, self.arch_steps],
+                "scales": [self.w_scale.state_dict(), self.a_scale.state_dict()]}
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.w_opt.load_state_dict(state["w_opt"])
+        for v, saved in zip(self.a_opt.velocity, state["velocity"]):
+            v.copy_(saved)
+        self.masks = [m.to(p.device) for m, p in zip(state["masks"], self.a_params)]
+        self.w_steps, self.arch_steps = state["steps"]
+        self.w_scale.load_state_dict(state["scales"][0])
+        self.a_scale.load_state_dict(state["scales"][1])
 
     @torch.no_grad()
     def rebuild(self) -> int:
@@ -157,15 +177,25 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
     compute = getattr(ctx, "compute", None) or Compute(torch.device("cpu"), "off")
-    searcher = Searcher(supernet, cfg, compute)
+    searcher = Searcher(supernet, cfg, compute, average=getattr(ctx, "average", None))
     n_pre, n_search = split_epochs(int(ctx.epochs), cfg.pretrain_fraction)
     total_edges = sum(p.numel() for p in searcher.a_params)
     a_batches = data.cycle("arch", bs, gen_a)
     search_w_steps = 0  # W steps since the search phase began: every k-th is followed by a λ step
     ctx.log(f"dsonas: {n_pre} pre-train + {n_search} search epochs, {total_edges} edges, "
             f"gamma {cfg.gamma:g} ({cfg.adaptive_cost})")
+    first = 0
+    resumed = ctx.restore_state() if hasattr(ctx, "restore_state") else None
+    if resumed is not None:
+        first, state = resumed
+        load_module_state(supernet, state["supernet"])
+        searcher.load_state(state["searcher"])
+        gen_w.set_state(state["gen_w"].get_state())
+        a_batches.load_state(state["arch_batches"])
+        data.load_state(state["data"])
+        search_w_steps = state["search_w_steps"]
 
-    for epoch in range(n_pre + n_search):
+    for epoch in range(first, n_pre + n_search):
         phase = "pretrain" if epoch < n_pre else "search"
         batches = data.epoch("weights", bs, gen_w)
         bar = ctx.progress(total=data.n_batches("weights", bs),
@@ -217,5 +247,10 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
                 bar.close()
         ctx.log(f"dsonas {phase} epoch {epoch + 1}: loss {row['loss']:.3f} val_acc {row['val_acc']:.3f} "
                 f"edges {row['alive_edges']}/{total_edges} ({seconds:.1f} s)")
+        if hasattr(ctx, "save_state"):
+            ctx.save_state(epoch + 1, {
+                "supernet": module_state(supernet), "searcher": searcher.state(), "gen_w": gen_w,
+                "arch_batches": a_batches.state(), "data": data.state(),
+                "search_w_steps": search_w_steps})
     supernet.eval()
     return searcher

@@ -182,6 +182,12 @@ class ReductionBlock(nn.Module):
         return [self.lam]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            # The block before hands over a channels-last (NHWC) view. On the CPU, torch
+            # 2.13's oneDNN backward of a strided 1x1 conv over a channels-last input corrupted
+            # the heap with 2 threads (a batch of 3 or 53, 8 -> 16 channels, 16 x 16: "free():
+            # invalid next size"); an NCHW copy of this small map avoids that kernel.
+            x = x.contiguous()
         return self.lam[0] * self.a(x) + self.lam[1] * self.b(x)
 
 

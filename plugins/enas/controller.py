@@ -151,11 +151,15 @@ class Reinforce:
     the authors' code does), then one Adam step on ``reinforce_loss``. Adam runs with
     beta1 = 0 and eps = 1e-3, the authors' controller optimiser settings."""
 
-    def __init__(self, controller: Controller, cfg):
+    def __init__(self, controller: Controller, cfg, average=None):
         self.cfg = cfg
-        self.opt = torch.optim.Adam(controller.parameters(), lr=cfg.controller_lr,
+        self.params = list(controller.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=cfg.controller_lr,
                                     betas=(0.0, 0.999), eps=1e-3)
         self.baseline = Baseline(cfg.baseline_decay)
+        # data-parallel: the controller's gradients averaged across ranks before its step (the
+        # rewards are already the same on every rank; this keeps the controllers identical)
+        self.average = average
 
     def step(self, samples: list[Sample], rewards: list[float]) -> float:
         b = self.baseline.update(sum(rewards) / len(rewards))
@@ -163,8 +167,19 @@ class Reinforce:
                               skip_weight=self.cfg.skip_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.average is not None:
+            self.average([p.grad for p in self.params])
         self.opt.step()
         return loss.item()
+
+    def state(self) -> dict:
+        """The optimiser's and the baseline's state (for a checkpoint)."""
+        return {"opt": self.opt.state_dict(), "baseline": self.baseline.value}
+
+    def load_state(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        v = state["baseline"]
+        self.baseline.value = None if v is None else float(v)
 
 
 def reinforce_loss(samples: list[Sample], rewards: list[float], baseline: float | None, *,

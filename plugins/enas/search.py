@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute
 from nas2deploy.method import SearchContext, SearchData
 from nas2deploy.objectives import mnas_reward
@@ -104,14 +105,33 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
     steps = max(1, ctx.epochs * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    update = Reinforce(ctrl, cfg)
+    # data-parallel: every gradient averaged across ranks before its step, and the arch-split
+    # accuracies (each rank scores its shard of a reward batch) before they become rewards, so
+    # every rank's controller takes the same step (None, or a world of one: unchanged)
+    average = getattr(ctx, "average", None)
+    update = Reinforce(ctrl, cfg, average=average)
     arch_stream = data.cycle("arch", min(cfg.reward_batch, data.size("arch")), gen_reward)
+    first = 0
+    resumed = ctx.restore_state() if hasattr(ctx, "restore_state") else None
+    if resumed is not None:
+        first, state = resumed
+        load_module_state(net, state["supernet"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        scaler.load_state_dict(state["scaler"])
+        update.load_state(state["controller"])
+        gen_data.set_state(state["gen_data"].get_state())
+        gen_arch.set_state(state["gen_arch"].get_state())
+        arch_stream.load_state(state["arch_stream"])  # gen_reward with it
+        data.load_state(state["data"])
     total = ctx.epochs * (per_epoch + cfg.controller_steps)
     bar = ctx.progress(total=total, desc="enas search") if ctx.progress else None
+    if bar is not None and first:
+        bar.update(first * (per_epoch + cfg.controller_steps))
     ctx.log(f"enas: {len(net.layout.ops)} ops x {net.layout.n} nodes, "
             f"{sum(p.numel() for p in params):,} shared weights; {rewarder.describe()}")
     try:
-        for epoch in range(ctx.epochs):
+        for epoch in range(first, ctx.epochs):
             # 1. the shared weights: one sampled child per batch
             net.train()
             loss_sum = correct = seen = 0
@@ -123,6 +143,8 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
                     loss = F.cross_entropy(out, y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if average is not None:  # still scaled: an fp16 overflow skips on every rank
+                    average([p.grad for p in params])
                 scaler.unscale_(opt)  # clip the true gradients
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(opt)  # skipped on an fp16 overflow
@@ -136,17 +158,18 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
             # 2. the controller: REINFORCE on rewards of sampled children on the arch split
             rewards, accs, ents, skips, losses = [], [], [], [], []
             for _ in range(cfg.controller_steps):
-                samples, rs = [], []
+                samples, children, step_accs = [], [], []
                 for _ in range(cfg.controller_samples):
                     s = ctrl(gen_arch)
                     child = child_of(net, s)
-                    acc = child_accuracy(net, child, [next(arch_stream)], compute)
-                    r = rewarder(acc, child)
+                    step_accs.append(child_accuracy(net, child, [next(arch_stream)], compute))
                     samples.append(s)
-                    rs.append(r)
-                    accs.append(acc)
+                    children.append(child)
                     ents.append(s.entropy.item())
                     skips.append(s.skip_count)
+                step_accs = _averaged(step_accs, average, device)
+                rs = [rewarder(acc, child) for acc, child in zip(step_accs, children)]
+                accs.extend(step_accs)
                 losses.append(update.step(samples, rs))
                 rewards.extend(rs)
                 if bar is not None:
@@ -163,10 +186,26 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
                                 reward=f"{row['reward']:.3f}")
+            if hasattr(ctx, "save_state"):
+                ctx.save_state(epoch + 1, {
+                    "supernet": module_state(net), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "scaler": scaler.state_dict(),
+                    "controller": update.state(), "gen_data": gen_data, "gen_arch": gen_arch,
+                    "arch_stream": arch_stream.state(), "data": data.state()})
     finally:
         if bar is not None:
             bar.close()
     return Searched(data, ctx.seed, rewarder, ctx.epochs)
+
+
+def _averaged(values: list[float], average, device: torch.device) -> list[float]:
+    """``values`` averaged across ranks (one all-reduce, on the data's device for NCCL); the
+    same floats, untouched, without ``average`` or in a world of one."""
+    if average is None or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    average([t])
+    return t.tolist()
 
 
 def _mean(v: list[float]) -> float:

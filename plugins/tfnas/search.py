@@ -27,11 +27,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute, LossScale
 from nas2deploy.latency import secant
 from nas2deploy.train import split_epochs
@@ -217,6 +218,14 @@ class Landing:
             self._restore(best[1])
             self.measure()  # the architecture kept is re-timed, so the last record describes it
 
+    def state(self) -> dict[str, Any]:
+        return {"correction": self.correction, "last_ms": self.last_ms,
+                "last_predicted": self.last_predicted}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.correction, self.last_ms = state["correction"], state["last_ms"]
+        self.last_predicted = state["last_predicted"]
+
     def step(self, aim: float, refine: bool) -> dict[str, Any]:
         """The elastic step aimed at ``aim`` (table units)."""
         return elastic_step(self.net, self.table, aim, refine, self.multiple)
@@ -363,8 +372,10 @@ class Searcher:
 
     def __init__(self, net: TFNASSupernet, cfg: TFNASConfig, table: CostTable | None,
                  target_ms: float | None, total_w_steps: int, seed: int,
-                 compute: Compute | None = None):
+                 compute: Compute | None = None, average: Callable[[list], None] | None = None):
         self.net, self.cfg, self.table, self.target = net, cfg, table, target_ms
+        # data-parallel: gradients averaged across ranks before every step (None: one process)
+        self.average = average
         self.compute = compute if compute is not None else Compute(torch.device("cpu"), "off")
         self.w_scaler = self.compute.scaler()  # fp16 loss scaling (a pass-through otherwise)
         self.a_scale = LossScale(self.compute)
@@ -380,6 +391,24 @@ class Searcher:
         self.gen = torch.Generator().manual_seed(seed + 2)
         self.w_steps = 0
         self.arch_steps = 0
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs beside the supernet's own tensors."""
+        return {"w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
+                "a_opt": self.a_opt.state_dict(), "w_scaler": self.w_scaler.state_dict(),
+                "a_scale": self.a_scale.state_dict(), "gen": self.gen,
+                "steps": [self.w_steps, self.arch_steps], "target": self.target}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        if state["w_scaler"]:
+            self.w_scaler.load_state_dict(state["w_scaler"])
+        self.a_scale.load_state_dict(state["a_scale"])
+        self.gen.set_state(state["gen"].get_state())
+        self.w_steps, self.arch_steps = state["steps"]
+        self.target = state["target"]
 
     def _restore_masked(self, snapshots) -> None:
         with torch.no_grad():
@@ -402,6 +431,8 @@ class Searcher:
                        for p in paths)
         self.w_opt.zero_grad(set_to_none=True)
         self.w_scaler.scale(loss).backward()
+        if self.average is not None:
+            self.average([p.grad for p in self.w_params])
         # masked channels of the ops that ran: keep their stored values through the step
         snapshots = []
         blocks = net.blocks()
@@ -440,7 +471,7 @@ class Searcher:
             lat = self.table.expected(w, depth, costs)
             loss = loss + self.cfg.lam * torch.abs(lat / self.target - 1.0)
             out["expected_ms"] = float(lat.detach())
-        grads = self.a_scale.grads(loss, self.a_params)
+        grads = self.a_scale.grads(loss, self.a_params, average=self.average)
         if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
             self.arch_steps += 1
             out["loss"] = float(loss.detach())
@@ -521,7 +552,7 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
     compute = getattr(ctx, "compute", None) or Compute(torch.device("cpu"), "off")
     device = net.alpha.device
     searcher = Searcher(net, cfg, table, target, n_batches * (n_warm + n_search), ctx.seed,
-                        compute)
+                        compute, average=getattr(ctx, "average", None))
     measure = getattr(ctx, "measure", None)
     landing = (Landing(net, table, target, measure, multiple)
                if measure is not None and target and cfg.elastic and cfg.measured_landing
@@ -530,10 +561,23 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
     ctx.log(f"tfnas: {n_warm} warm-up + {n_search} search epochs, {len(net.layout.blocks)} blocks "
             f"x {net.alpha.shape[1]} ops, target T = {target if target is None else round(target, 4)} "
             f"({fraction:g} x budget; costs: {table.source})")
+    first = 0
+    resumed = ctx.restore_state() if hasattr(ctx, "restore_state") else None
+    if resumed is not None:
+        first, state = resumed
+        load_module_state(net, state["supernet"])
+        searcher.load_state(state["searcher"])
+        if landing is not None:
+            landing.load_state(state["landing"])
+        gen_w.set_state(state["gen_w"].get_state())
+        a_batches.load_state(state["arch_batches"])
+        data.load_state(state["data"])
     bar = (ctx.progress(total=n_batches * (n_warm + n_search), desc="tfnas search")
            if ctx.progress is not None else None)
+    if bar is not None and first:
+        bar.update(first * n_batches)
     try:
-        for epoch in range(n_warm + n_search):
+        for epoch in range(first, n_warm + n_search):
             warm = epoch < n_warm
             phase = "warmup" if warm else "search"
             s_epoch = epoch - n_warm
@@ -592,6 +636,11 @@ def run_search(method, net: TFNASSupernet, ctx) -> Searched:
                     + (f" (T {target:.4f})" if target else "") + f" tau {tau:.2f} depths {depths} "
                     f"({row['seconds']:.1f} s)" + (f" E[LAT] {row['expected_ms']:.4f}" if "expected_ms" in row else "")
                     + (f" measured {measured:.4f} ms" if measured is not None else ""))
+            if hasattr(ctx, "save_state"):
+                ctx.save_state(epoch + 1, {
+                    "supernet": module_state(net), "searcher": searcher.state(),
+                    "landing": landing.state() if landing is not None else None,
+                    "gen_w": gen_w, "arch_batches": a_batches.state(), "data": data.state()})
         if landing is not None and n_search > 0:
             landing.land(cfg.landing_rounds, tolerance, cfg.elastic_refine, ctx.log)
             searched.measured_ms, searched.correction = landing.last_ms, landing.correction
