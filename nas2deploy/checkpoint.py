@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -151,6 +153,7 @@ class Loop:
         from .outdir import _pause
 
         _pause(f"{self.folder.name}-{step}")  # tests kill -9 a run exactly here
+        _crash(f"{self.folder.name}-{step}", self.rank)
 
     def load(self, log: Callable[[str], None] = lambda m: None) -> tuple[int, Any] | None:
         loaded = self.state.load()
@@ -167,6 +170,16 @@ class Loop:
             log(f"no RNG state of rank {self.rank} at step {step}: global RNG not restored")
         log(f"resuming {self.folder.name} after epoch {step}")
         return step, wrapped["tree"]
+
+
+def _crash(step: str, rank: int) -> None:
+    """Test hook: with NAS2DEPLOY_CRASH_AT=STEP:RANK, that rank kills itself (SIGKILL) right
+    after the checkpoint STEP, in the first worker group torchrun starts only, so that a
+    ``--max-restarts`` restart can be seen to resume."""
+    if os.environ.get("NAS2DEPLOY_CRASH_AT") != f"{step}:{rank}":
+        return
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def module_state(module: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:

@@ -86,8 +86,24 @@ def start(world: World, device: torch.device) -> World:
         return world
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        dist.init_process_group(backend, store=_store(world), rank=world.rank,
+                                world_size=world.size, timeout=TIMEOUT)
     return World(world.rank, world.size, world.local_rank, backend)
+
+
+def _store(world: World) -> dist.Store:
+    """The rendezvous store torchrun names (MASTER_ADDR, MASTER_PORT), under a prefix of its
+    own per worker group: a group torchrun restarts (``--max-restarts``) would otherwise read
+    the dead group's addresses from the same store and fail to connect."""
+    try:
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise UsageError("MASTER_ADDR and MASTER_PORT must be set (torchrun sets them)") from None
+    hosted = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
+    store = dist.TCPStore(addr, port, world.size, is_master=not hosted and world.leader,
+                          timeout=TIMEOUT, wait_for_workers=False)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"nas2deploy/group-{restart}", store)
 
 
 def stop(world: World) -> None:

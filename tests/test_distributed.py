@@ -29,6 +29,12 @@ TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs =
         '[method-options]\nsamples = 3\nlayers = 2\nwidth = 8\n')
 
 
+DSONAS = ('method = "dsonas"\nsearch-epochs = 3\nretrain-epochs = 1\nmax-rounds = 1\n'
+          'target = "onnxruntime:cpu"\nexport = "onnx"\n'
+          '[method-options]\nstages = 2\nblocks_per_stage = 1\nlevels = 2\nbase_width = 8\n'
+          'gamma = 0.05\n')
+
+
 def config(tmp_path: Path, text: str = TINY) -> Path:
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(text)
@@ -54,12 +60,13 @@ def paused_then_killed(args: list, step: str, env: dict, logdir: Path) -> str:
     return log.read_text()
 
 
-def test_two_gloo_ranks_make_one_bundle(random_plugin, tmp_path):
+def test_two_gloo_ranks_make_one_bundle(tmp_path):
+    """DSO-NAS searched and retrained by two ranks, each on its shard: the ranks' decisions are
+    compared (a mismatch fails the run), rank 0 alone measures, exports and writes."""
     out = tmp_path / "b"
     res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", str(EXE), "search-and-export",
-                          "--config", str(config(tmp_path)), "--out", str(out)],
-                         capture_output=True, text=True, env=plugin_env(random_plugin),
-                         timeout=600)
+                          "--config", str(config(tmp_path, DSONAS)), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     m = read_manifest(out)
     assert m["distributed"] == {"backend": "gloo", "world_size": 2, "per_rank_batch": 64,
@@ -100,12 +107,6 @@ def test_a_foreign_or_corrupt_run_directory_gets_exit_2(random_plugin, tmp_path)
     (run / "run.json").write_text("{")
     assert_one_line(cli(*args, "--resume", run, env=env), 2, "not readable JSON")
     assert (run / "search").is_dir()  # nothing of the killed run was removed
-
-
-DSONAS = ('method = "dsonas"\nsearch-epochs = 3\nretrain-epochs = 1\nmax-rounds = 1\n'
-          'target = "onnxruntime:cpu"\nexport = "onnx"\n'
-          '[method-options]\nstages = 2\nblocks_per_stage = 1\nlevels = 2\nbase_width = 8\n'
-          'gamma = 0.05\n')
 
 
 def test_a_search_killed_by_kill_9_resumes_to_the_same_decision(tmp_path):
@@ -151,3 +152,74 @@ def test_measurements_taken_before_a_kill_are_replayed_not_retaken(tmp_path):
     got = [r["measured_p50_ms"] for r in m["search"]["measurements"]][:len(in_search)]
     assert got == [e["value"]["p50_ms"] for e in in_search]
     assert m["resumed"]["measurements_replayed"] >= 3 and m["resumed"]["replay_diverged"] is None
+
+
+GRADS = r'''
+import sys, torch, torch.nn.functional as F
+from safetensors.torch import save_file
+from nas2deploy import distributed
+from nas2deploy.data.searchdata import SearchData
+from nas2deploy.device import LossScale, resolve
+from nas2deploy.method import SearchContext, TaskSpec
+from nas2deploy_plugins.dsonas import DSONAS
+
+world = distributed.start(distributed.from_env(), torch.device("cpu"))
+torch.manual_seed(0)
+method = DSONAS({"stages": 2, "blocks_per_stage": 1, "levels": 2, "base_width": 8})
+net = method.build(TaskSpec(1, 8, 4)).eval()  # BN on running statistics: no coupling in a batch
+g = torch.Generator().manual_seed(1)
+x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+data = SearchData(x, y, x, y, x, y).shard(world.rank, world.size)
+ctx = SearchContext(data=data, epochs=1, seed=0, world=world)
+xb, yb = next(data.cycle("arch", 8, torch.Generator().manual_seed(2)))
+grads = LossScale(resolve("cpu", "off")).grads(F.cross_entropy(net(xb), yb),
+                                               net.arch_parameters(), average=ctx.average)
+save_file({f"g{i}": t.contiguous() for i, t in enumerate(grads)},
+          sys.argv[1] + f"/rank{world.rank}.safetensors")
+distributed.stop(world)
+'''
+
+
+def test_two_ranks_average_architecture_gradients_like_one_process_on_both_shards(tmp_path):
+    """One λ step's gradients on two gloo ranks, each on its shard of a global batch of 16, are
+    averaged: both ranks hold the gradient one process takes on the whole batch of 16."""
+    script = tmp_path / "grads.py"
+    script.write_text(GRADS)
+    res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+
+    import torch
+    import torch.nn.functional as F
+
+    from nas2deploy.method import TaskSpec
+    from nas2deploy_plugins.dsonas import DSONAS
+
+    torch.manual_seed(0)
+    net = DSONAS({"stages": 2, "blocks_per_stage": 1, "levels": 2, "base_width": 8}).build(
+        TaskSpec(1, 8, 4)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 4, (40,), generator=g)
+    idx = torch.randperm(40, generator=torch.Generator().manual_seed(2))[:16]  # global batch 1
+    whole = torch.autograd.grad(F.cross_entropy(net(x[idx]), y[idx]), net.arch_parameters())
+    for i, w in enumerate(whole):
+        assert torch.equal(ranks[0][f"g{i}"], ranks[1][f"g{i}"])
+        assert torch.allclose(ranks[0][f"g{i}"], w, rtol=1e-5, atol=1e-7), i
+    # and not what rank 0 would have stepped with on its own shard
+    own = torch.autograd.grad(F.cross_entropy(net(x[idx[:8]]), y[idx[:8]]), net.arch_parameters())
+    assert not all(torch.allclose(o, w, rtol=1e-5, atol=1e-7) for o, w in zip(own, whole))
+
+
+def test_torchrun_restarts_a_killed_worker_group_from_the_checkpoint(tmp_path):
+    """Rank 1 dies (SIGKILL) after the search's checkpoint of epoch 2; torchrun's
+    --max-restarts starts the group again, which resumes from the run directory by itself."""
+    out = tmp_path / "b"
+    res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--max-restarts", "1", str(EXE),
+                          "search-and-export", "--config", str(config(tmp_path, DSONAS)),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NAS2DEPLOY_CRASH_AT": "search-2:1"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "resuming search after epoch 2" in res.stderr
+    m = read_manifest(out)
+    assert m["resumed"]["run_dir"].endswith("b.run") and m["distributed"]["world_size"] == 2
