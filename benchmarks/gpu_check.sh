@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: the gpu-marked tests (device, AMP, the streamed loader feeding the GPU, a search
-# and a retrain on the GPU) on a machine with an NVIDIA GPU and torch with CUDA.
+# and a retrain on the GPU, every built-in method's search on CUDA in fp32, fp16 and bf16), then
+# benchmarks/gpu_scale.py (scale.py's part (c)), on a machine with an NVIDIA GPU and torch with
+# CUDA. The last line is gpu_scale's figure.
 #
 #   benchmarks/gpu_check.sh [WHEEL_DIR]
 #
@@ -24,3 +26,4 @@ if not torch.cuda.is_available():
     raise SystemExit("gpu_check: no CUDA GPU visible to torch; nothing to check here")
 PY
 "$PY" -m pytest -q -rs -m gpu tests/
+"$PY" benchmarks/gpu_scale.py --repeats 2

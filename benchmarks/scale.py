@@ -1,5 +1,7 @@
 """Does nas2deploy scale? (a) CPU images/s of a search and a retrain epoch; (b) peak memory of
-streaming folder datasets of growing size; (c) the GPU figures are gpu_check.sh's.
+streaming folder datasets of growing size; (c) the GPU figures are gpu_check.sh's; (d) images/s
+with 1 and 2 processes under torchrun; (e) the time from a kill -9 to resumed progress
+(``benchmarks/_processes.py``).
 
 (a) writes a CIFAR-10-format dataset (``--cpu-images``, random content), streams it (uint8,
 pad-crop + flip, 2 workers) through a TF-NAS search of 1 warm-up + 1 search epoch of the default
@@ -12,7 +14,8 @@ through ``make_loader`` (2 workers, batch 64, standard augmentation). Each subpr
 its peak RSS (``getrusage`` RUSAGE_SELF, plus the largest worker's VmHWM) and images/s. Final
 line: ``folder_rss: 1k A MB, 4k B MB, 16k C MB (max/min X.XXx)``.
 
-    python benchmarks/scale.py [--only a|b] [--cpu-images N] [--sizes 1000,4000,16000] [--keep DIR]
+    python benchmarks/scale.py [--only a|b|d|e] [--cpu-images N] [--sizes 1000,4000,16000]
+                               [--keep DIR] [--dataset SPEC]
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def main() -> None:
                     help="make (or reuse) the image folders in DIR instead of a temporary one")
     ap.add_argument("--cpu-images", type=int, default=6000,
                     help="CIFAR-format images for (a), the CPU search/retrain throughput")
-    ap.add_argument("--only", choices=["a", "b"], help="run one part")
+    ap.add_argument("--only", choices=["a", "b", "d", "e"], help="run one part")
+    ap.add_argument("--dataset", default="digits", help="dataset of (d) and (e)")
     ap.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)  # one measured run
     args = ap.parse_args()
     if args.child:
@@ -64,14 +68,23 @@ def main() -> None:
     print(machine_line())
     print(isa_line())
     with tempfile.TemporaryDirectory(prefix="nas2deploy-scale-") as tmp:
+        last = []
         if args.only in (None, "a"):
-            throughput(Path(tmp), args.cpu_images)
+            last.append(throughput(Path(tmp), args.cpu_images))
         if args.only in (None, "b"):
             folder_rss(sizes, Path(args.keep).expanduser() if args.keep else Path(tmp))
+            last.append(_last_line)
+        if args.only in (None, "d", "e"):
+            from _processes import kill_to_resume, processes
+
+            if args.only in (None, "d"):
+                last.append(processes(Path(tmp), args.dataset))
+            if args.only in (None, "e"):
+                last.append(kill_to_resume(Path(tmp), args.dataset))
     print("# (c), the GPU figures, needs a CUDA GPU: see benchmarks/gpu_check.sh"
           if not _cuda() else "# (c): see benchmarks/gpu_check.sh")
-    if args.only in (None, "b"):
-        print(_last_line)
+    if last:
+        print("; ".join(last))
 
 
 _last_line = ""
@@ -87,7 +100,7 @@ def _cuda() -> bool:
 # (a) images/s of a search epoch and of a retrain epoch on this CPU
 
 
-def throughput(work: Path, n: int) -> None:
+def throughput(work: Path, n: int) -> str:
     import pickle
 
     import torch
@@ -127,7 +140,7 @@ def throughput(work: Path, n: int) -> None:
     print(f"search: 1 warm-up + 1 search epoch over {data.size('weights')} weight-split images "
           f"in {search_s:.1f} s, {search_rate:.0f} img/s; retrain (largest subnet): "
           f"{retrain_rate:.0f} img/s")
-    print(f"cpu_throughput: search {search_rate:.0f} img/s, retrain {retrain_rate:.0f} img/s")
+    return f"cpu_throughput: search {search_rate:.0f} img/s, retrain {retrain_rate:.0f} img/s"
 
 
 # --------------------------------------------------------------------------------------------

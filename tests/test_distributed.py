@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from test_bundle_safety import EXE, assert_one_line, cli, plugin_env
+from test_bundle_safety import EXE, assert_one_line, cli
 
 from nas2deploy.bundle import read_manifest
 
@@ -23,19 +23,15 @@ pytestmark = pytest.mark.multiprocess
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
-# the random plugin: one checkpoint per sampled child, a retrain of three epochs
-TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 3\n'
-        'max-rounds = 1\ntarget = "onnxruntime:cpu"\nexport = "onnx"\n'
-        '[method-options]\nsamples = 3\nlayers = 2\nwidth = 8\n')
-
-
+# a budget far above the space's largest net: one round and one attempt (the closed loop's
+# re-aiming is not what these tests are about)
 DSONAS = ('method = "dsonas"\nsearch-epochs = 3\nretrain-epochs = 1\nmax-rounds = 1\n'
-          'target = "onnxruntime:cpu"\nexport = "onnx"\n'
+          'latency-ms = 50.0\ntarget = "onnxruntime:cpu"\nexport = "onnx"\n'
           '[method-options]\nstages = 2\nblocks_per_stage = 1\nlevels = 2\nbase_width = 8\n'
           'gamma = 0.05\n')
 
 
-def config(tmp_path: Path, text: str = TINY) -> Path:
+def config(tmp_path: Path, text: str) -> Path:
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(text)
     return cfg
@@ -60,76 +56,45 @@ def paused_then_killed(args: list, step: str, env: dict, logdir: Path) -> str:
     return log.read_text()
 
 
-def test_two_gloo_ranks_make_one_bundle(tmp_path):
-    """DSO-NAS searched and retrained by two ranks, each on its shard: the ranks' decisions are
-    compared (a mismatch fails the run), rank 0 alone measures, exports and writes."""
-    out = tmp_path / "b"
-    res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", str(EXE), "search-and-export",
-                          "--config", str(config(tmp_path, DSONAS)), "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-4000:]
-    m = read_manifest(out)
-    assert m["distributed"] == {"backend": "gloo", "world_size": 2, "per_rank_batch": 64,
-                                "global_batch": 128, "ranks_agree_on_decision": True}
-    # rank 0 alone reports: one of each line, not two
-    assert res.stderr.count("opening dataset digits") == 1
-    assert res.stderr.count("bundle written to") == 1
-    assert not (tmp_path / "b.run").exists()  # removed with the bundle committed
-
-
-def test_a_retrain_killed_resumes_at_its_checkpoint(random_plugin, tmp_path):
-    env = plugin_env(random_plugin)
-    out, run = tmp_path / "b", tmp_path / "b.run"
-    args = ["search-and-export", "--config", config(tmp_path), "--out", out]
-    said = paused_then_killed(args, "retrain-1-2", env, tmp_path)
-    assert "retrain" in said and not out.exists()
-    assert (run / "run.json").is_file() and (run / "retrain-1" / "ckpt-000002.json").is_file()
-    # the same command without --resume is refused: the unfinished run is not thrown away
-    assert_one_line(cli(*args, env=env), 2, "--resume")
-    res = cli(*args, "--resume", run, env=env)
-    assert res.returncode in (0, 3), res.stderr[-3000:]  # 3: this tiny space misses the budget
-    assert "resuming retrain-1 after epoch 2" in res.stderr
-    assert "resuming search after epoch 3" in res.stderr  # every sample was checkpointed
-    m = read_manifest(out)
-    assert [r["epoch"] for r in m["retrain"]["history"]] == [0, 1, 2]
-    assert m["resumed"]["measurements_replayed"] >= 3  # the budget's and the round's
-    assert not run.exists()
-
-
-def test_a_foreign_or_corrupt_run_directory_gets_exit_2(random_plugin, tmp_path):
-    env = plugin_env(random_plugin)
-    out, run = tmp_path / "b", tmp_path / "b.run"
-    args = ["search-and-export", "--config", config(tmp_path), "--out", out]
-    paused_then_killed(args, "search-1", env, tmp_path)
-    assert_one_line(cli(*args, "--seed", "1", "--resume", run, env=env), 2,
-                    "another config (seed: 0 -> 1)")
-    assert_one_line(cli(*args, "--resume", tmp_path, env=env), 2, "not a nas2deploy run directory")
-    (run / "run.json").write_text("{")
-    assert_one_line(cli(*args, "--resume", run, env=env), 2, "not readable JSON")
-    assert (run / "search").is_dir()  # nothing of the killed run was removed
-
-
-def test_a_search_killed_by_kill_9_resumes_to_the_same_decision(tmp_path):
-    """DSO-NAS takes no measurement while it searches: the resumed run's search decides the
-    architecture an uninterrupted run decides, bit for bit."""
+def test_kill_9_in_the_search_then_in_the_retrain_resumes_to_the_same_decision(tmp_path):
+    """DSO-NAS takes no measurement while it searches: killed (kill -9) after its checkpoint of
+    search epoch 2, resumed, killed again after retrain epoch 1, resumed again, the run decides
+    the architecture an uninterrupted run decides, bit for bit, and the retrain goes on at its
+    checkpointed epoch. A run directory that is not this run's is refused on the way."""
     cfg = config(tmp_path, DSONAS)
     whole = tmp_path / "whole"
-    res = cli("search-and-export", "--config", cfg, "--out", whole)
-    assert res.returncode in (0, 3), res.stderr[-3000:]
+    res = cli("search-and-export", "--config", cfg, "--out", whole, "--retrain-epochs", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
     out, run = tmp_path / "b", tmp_path / "b.run"
-    args = ["search-and-export", "--config", cfg, "--out", out]
+    args = ["search-and-export", "--config", cfg, "--out", out, "--retrain-epochs", "2"]
     paused_then_killed(args, "search-2", dict(os.environ), tmp_path)
+    assert (run / "run.json").is_file() and (run / "search" / "ckpt-000002.json").is_file()
+    assert not out.exists()
+    # refused, each with one line and exit 2, and nothing of the killed run is lost:
+    assert_one_line(cli(*args), 2, "--resume")  # a new run over an unfinished one
+    assert_one_line(cli(*args, "--seed", "1", "--resume", run), 2,
+                    "another config (seed: 0 -> 1)")
+    assert_one_line(cli(*args, "--resume", tmp_path), 2, "not a nas2deploy run directory")
+    said = paused_then_killed([*args, "--resume", run], "retrain-1-1", dict(os.environ),
+                              tmp_path)
+    assert "resuming search after epoch 2" in said
+    assert (run / "retrain-1" / "ckpt-000001.json").is_file()
+    meta = (run / "run.json").read_text()
+    (run / "run.json").write_text("{")
+    assert_one_line(cli(*args, "--resume", run), 2, "not readable JSON")
+    (run / "run.json").write_text(meta)
     res = cli(*args, "--resume", run)
-    assert res.returncode in (0, 3), res.stderr[-3000:]
-    assert "resuming search after epoch 2" in res.stderr
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming retrain-1 after epoch 1" in res.stderr
     a, b = read_manifest(whole), read_manifest(out)
     assert b["search"]["decided"] == a["search"]["decided"]
     # predicted_ms: by the latency model, which each run anchors on its own measurements
     strip = ("seconds", "train_seconds", "predicted_ms")
     assert ([{k: v for k, v in r.items() if k not in strip} for r in b["search"]["history"]]
             == [{k: v for k, v in r.items() if k not in strip} for r in a["search"]["history"]])
-    assert load_file(str(out / "model.safetensors")).keys() == \
-        load_file(str(whole / "model.safetensors")).keys()
+    assert [r["epoch"] for r in b["retrain"]["history"]] == [0, 1]
+    assert b["resumed"]["measurements_replayed"] >= 3  # the budget's at least
+    assert not run.exists()  # removed with the bundle committed
 
 
 TFNAS = ('method = "tfnas"\nsearch-epochs = 3\nretrain-epochs = 0\nmax-rounds = 1\n'
@@ -211,9 +176,11 @@ def test_two_ranks_average_architecture_gradients_like_one_process_on_both_shard
     assert not all(torch.allclose(o, w, rtol=1e-5, atol=1e-7) for o, w in zip(own, whole))
 
 
-def test_torchrun_restarts_a_killed_worker_group_from_the_checkpoint(tmp_path):
-    """Rank 1 dies (SIGKILL) after the search's checkpoint of epoch 2; torchrun's
-    --max-restarts starts the group again, which resumes from the run directory by itself."""
+def test_two_gloo_ranks_and_a_restarted_worker_group_make_one_bundle(tmp_path):
+    """DSO-NAS searched and retrained by two ranks, each on its shard (a mismatch of their
+    decisions would fail the run). Rank 1 dies (SIGKILL) after the search's checkpoint of epoch
+    2; torchrun's --max-restarts starts the group again, which resumes from the run directory by
+    itself. Rank 0 alone measured, exported, wrote and reported."""
     out = tmp_path / "b"
     res = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--max-restarts", "1", str(EXE),
                           "search-and-export", "--config", str(config(tmp_path, DSONAS)),
@@ -222,4 +189,10 @@ def test_torchrun_restarts_a_killed_worker_group_from_the_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert "resuming search after epoch 2" in res.stderr
     m = read_manifest(out)
-    assert m["resumed"]["run_dir"].endswith("b.run") and m["distributed"]["world_size"] == 2
+    assert m["distributed"] == {"backend": "gloo", "world_size": 2, "per_rank_batch": 64,
+                                "global_batch": 128, "ranks_agree_on_decision": True}
+    assert m["resumed"]["run_dir"].endswith("b.run")
+    # rank 0 alone reports: once per worker group, not once per rank
+    assert res.stderr.count("opening dataset digits") == 2
+    assert res.stderr.count("bundle written to") == 1
+    assert not (tmp_path / "b.run").exists()
