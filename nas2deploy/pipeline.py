@@ -119,9 +119,11 @@ def _stages(p: Plan, cfg: RunConfig, run: RunState, t_all: float) -> Result:
     # the largest and smallest subnet measured (or, for a device target, predicted by its
     # table), the latency model anchored on them, the budget
     budget = measure_budget(run, side_factory=SideBySide)
+    run.record("budget", budget.to_dict())
     aim = Aim(budget.budget_ms, run.lat_model, min_width=cfg.min_width, round_to=run.multiple)
     with run.data:  # the loaders' workers stop with the run
         decision = search(run, budget)
+        run.record("search", decision.decision.to_json())
         # closed loop on the measured latency, before retraining
         sizing = size(run, budget, aim, decision)
         history_retrain: list[dict[str, Any]] = []

@@ -9,6 +9,8 @@ measures on the target. So the directory holds:
 * ``measurements.json``: every latency measurement rank 0 took, in order, journalled as it is
   taken. A resumed run replays them instead of measuring again, so it steers by the same
   numbers and reaches the same decisions; past the last one it measures afresh;
+* ``stages/``: each finished stage's record (the budget, the search's decision), checked against
+  what a resumed run remakes;
 * ``search/``, ``retrain-N/``: the latest per-epoch checkpoint of the search and of each
   retrain attempt (``nas2deploy.checkpoint.Store``; each rank's RNG states in
   ``rng-RANK/``).
@@ -159,6 +161,26 @@ class RunDir:
     def _append(self, entry: dict[str, Any]) -> None:
         self._journal.append(entry)
         write_json_atomic(self.path / "measurements.json", self._journal + self._replay)
+
+    # ---- stage records -----------------------------------------------------------------
+    def record(self, stage: str, value: Any) -> str | None:
+        """Keep ``stage``'s record (JSON) as ``stages/STAGE.json``. A resumed run remakes its
+        records by replay; one that differs from what the killed run recorded is reported (the
+        returned line) and replaced."""
+        folder = self.path / "stages"
+        folder.mkdir(exist_ok=True)
+        f = folder / f"{stage}.json"
+        said = None
+        if self.resumed and f.is_file():
+            try:
+                before = json.loads(f.read_text())
+            except (OSError, ValueError):
+                before = None
+            if before != json.loads(json.dumps(value)):
+                said = (f"the resumed run's {stage} record differs from the one the killed run "
+                        f"kept ({f}); going on with the new one")
+        write_json_atomic(f, value)
+        return said
 
     # ---- loops -------------------------------------------------------------------------
     def loop(self, name: str, rank: int, key: str = "") -> Loop:

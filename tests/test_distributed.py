@@ -69,7 +69,7 @@ def test_kill_9_in_the_search_then_in_the_retrain_resumes_to_the_same_decision(t
     args = ["search-and-export", "--config", cfg, "--out", out, "--retrain-epochs", "2"]
     paused_then_killed(args, "search-2", dict(os.environ), tmp_path)
     assert (run / "run.json").is_file() and (run / "search" / "ckpt-000002.json").is_file()
-    assert not out.exists()
+    assert (run / "stages" / "budget.json").is_file() and not out.exists()
     # refused, each with one line and exit 2, and nothing of the killed run is lost:
     assert_one_line(cli(*args), 2, "--resume")  # a new run over an unfinished one
     assert_one_line(cli(*args, "--seed", "1", "--resume", run), 2,
@@ -86,6 +86,7 @@ def test_kill_9_in_the_search_then_in_the_retrain_resumes_to_the_same_decision(t
     res = cli(*args, "--resume", run)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming retrain-1 after epoch 1" in res.stderr
+    assert "record differs" not in res.stderr  # the replay remade the budget and the decision
     a, b = read_manifest(whole), read_manifest(out)
     assert b["search"]["decided"] == a["search"]["decided"]
     # predicted_ms: by the latency model, which each run anchors on its own measurements

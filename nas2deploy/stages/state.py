@@ -54,6 +54,13 @@ class RunState:
         return share(self.world, make if self.world.leader else None,
                      device=self.compute.device if self.world.backend == "nccl" else None)
 
+    def record(self, stage: str, value: Any) -> None:
+        """Keep a finished stage's record in the run directory (rank 0)."""
+        if self.rundir is not None and self.world.leader:
+            said = self.rundir.record(stage, value)
+            if said:
+                self.log(said)
+
     def loop(self, name: str, key: str = ""):
         """Per-epoch checkpoints of the loop ``name`` (None without a run directory)."""
         return self.rundir.loop(name, self.world.rank, key) if self.rundir is not None else None
