@@ -75,6 +75,7 @@ class SearchContext:
     # called with the restored ``measurements`` when a search resumes (the pipeline moves its
     # measurement journal past them and refits a learning latency model on them)
     on_restore: Callable[[list[dict[str, Any]]], None] | None = None
+    resumed_after: int = 0  # epochs a resumed search restored rather than ran
 
     def average(self, tensors: Any) -> None:
         """Average gradients (or any tensors) across ranks in place; a no-op on one process."""
@@ -97,6 +98,7 @@ class SearchContext:
         if loaded is None:
             return None
         epoch, tree = loaded
+        self.resumed_after = epoch
         self.history[:] = tree["history"]
         self.measurements[:] = tree["measurements"]
         if self.on_restore is not None:

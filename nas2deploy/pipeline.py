@@ -152,23 +152,24 @@ def open_run_dir(p: Plan, cfg: RunConfig, space: Any, log: Callable[[str], None]
     ident = identity(cfg.to_dict(), space.get("fingerprint"), world.size)
     resume = cfg.resume is not None or (restarted_by_torchrun() and (path / "run.json").is_file())
 
-    def make() -> str | None:
+    def make() -> dict[str, Any]:
         try:
             if not resume and cfg.overwrite and (path / "run.json").is_file():
                 log(f"--overwrite: discarding the unfinished run in {path}")
                 RunDir(path, ident, resumed=False, journal=False).remove()
             rd = RunDir.resume(path, ident) if resume else RunDir.create(path, ident)
         except UsageError as exc:
-            return str(exc)
+            return {"refused": str(exc)}
         made.append(rd)
-        return None
+        return {"refused": None, "resumed": rd.resumed}
 
     made: list[RunDir] = []
-    refused = share(world, make if world.leader else None)
-    if refused:
-        raise UsageError(refused)
+    # rank 0 decides (it alone writes); the others follow what it found
+    told = share(world, make if world.leader else None)
+    if told["refused"]:
+        raise UsageError(told["refused"])
     if not world.leader:
-        return RunDir(path, ident, resumed=resume, journal=False)
+        return RunDir(path, ident, resumed=told["resumed"], journal=False)
     rd = made[0]
     if resume:
         log(f"resuming from {path}: {len(rd.pending)} measurement(s) to replay, checkpoints "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +88,8 @@ def test_kill_9_in_the_search_then_in_the_retrain_resumes_to_the_same_decision(t
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming retrain-1 after epoch 1" in res.stderr
     assert "record differs" not in res.stderr  # the replay remade the budget and the decision
+    # stderr is a pipe here, as under CI or torchrun: one line per finished epoch, no bars
+    assert "\r" not in res.stderr and re.search(r"retrain: \d+/\d+ in [\d.]+ s", res.stderr)
     a, b = read_manifest(whole), read_manifest(out)
     assert b["search"]["decided"] == a["search"]["decided"]
     # predicted_ms: by the latency model, which each run anchors on its own measurements

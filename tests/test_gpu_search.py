@@ -159,3 +159,37 @@ def test_mixed_precision_paths_on_cpu(name, amp):
 def test_search_on_cuda(name, amp):
     compute = resolve("cuda", amp)
     search_and_decide(name, compute)
+
+
+PRESETS = {  # the paper-size spaces: (method, options, task, batch per step)
+    "tfnas-imagenet": (TFNAS, {"preset": "imagenet"}, TaskSpec(3, 224, 1000), 64),
+    "densenas-imagenet": (DenseNAS, {"space": "imagenet"}, TaskSpec(3, 224, 1000), 64),
+    "dsonas-cifar": (DSONAS, {"preset": "cifar"}, TaskSpec(3, 32, 10), 64),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_paper_size_spaces_search_within_one_card(name):
+    """Two search epochs of each paper-size space, on 128 images at the paper's input size, on
+    one GPU with AMP, the whole supernet resident: its peak memory stays within the card's."""
+    cls, opts, task, batch = PRESETS[name]
+    compute = resolve("cuda", "auto")
+    torch.cuda.reset_peak_memory_stats()
+    method = cls(opts)
+    supernet = method.build(task)
+    g = torch.Generator().manual_seed(0)
+    n = 2 * batch
+    x = torch.randn(3 * n, task.input_channels, task.input_size, task.input_size, generator=g)
+    y = torch.randint(0, task.num_classes, (3 * n,), generator=g)
+    data = SearchData(x[:n], y[:n], x[n:2 * n], y[n:2 * n], x[2 * n:], y[2 * n:],
+                      device=compute.device)
+    ctx = SearchContext(data=data, epochs=2, seed=0, batch_size=batch, compute=compute)
+    with on(supernet, compute), data:
+        searched = method.search(supernet, ctx)
+    peak = torch.cuda.max_memory_allocated()
+    total = torch.cuda.get_device_properties(compute.device).total_memory
+    print(f"{name}: peak {peak / 2 ** 30:.1f} GiB of {total / 2 ** 30:.0f} GiB")
+    assert peak < 0.9 * total
+    assert method.decide(supernet, searched).arch.network["nodes"]

@@ -90,8 +90,9 @@ def search(run: RunState, budget: Budget) -> SearchResult:
         # BN statistics were gathered on each rank's shard: rank 0's go on
         broadcast_(run.supernet.buffers(), run.world)
     run.timings["search_s"] = time.perf_counter() - t
-    # the weight split's images seen per second (a method's other passes ride along)
-    run.throughput["search_images_per_s"] = (epochs * data.size("weights")
+    # the weight split's images seen per second (a method's other passes ride along), over the
+    # epochs this run searched (a resumed one restored the others)
+    run.throughput["search_images_per_s"] = ((epochs - ctx.resumed_after) * data.size("weights")
                                              / max(run.timings["search_s"], 1e-9))
     decision = method.decide(run.supernet, searched)
     check_same(run.world, decision.arch.to_dict(), "the decided architecture")
