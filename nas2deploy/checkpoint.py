@@ -138,11 +138,12 @@ class Store:
 class Loop:
     """Checkpoints of one loop in a data-parallel run: rank 0 writes the loop's state (the same
     on every rank), each rank its own global RNG states (torch, numpy, python, CUDA) under
-    ``rng-RANK``. Every rank reads the state back (the run directory is on a filesystem they
-    share). ``key`` names what is being trained: a checkpoint of another key is not resumed."""
+    ``rng-RANK`` (on its own node). On resume rank 0 reads the state and ``world`` (a
+    ``nas2deploy.distributed.World``) hands it to the others. ``key`` names what is being
+    trained: a checkpoint of another key is not resumed."""
 
-    def __init__(self, folder: Path | str, rank: int = 0, key: str = ""):
-        self.folder, self.rank, self.key = Path(folder), rank, key
+    def __init__(self, folder: Path | str, rank: int = 0, key: str = "", world: Any = None):
+        self.folder, self.rank, self.key, self.world = Path(folder), rank, key, world
         self.state = Store(self.folder)
         self.rng = Store(self.folder / f"rng-{rank}")
 
@@ -156,7 +157,15 @@ class Loop:
         _crash(f"{self.folder.name}-{step}", self.rank)
 
     def load(self, log: Callable[[str], None] = lambda m: None) -> tuple[int, Any] | None:
-        loaded = self.state.load()
+        if self.world is not None and self.world.distributed:
+            from .distributed import share_tree
+
+            # rank 0 reads; the others receive (their node need not share its filesystem)
+            loaded = share_tree(self.world, list(self.state.load() or ()) if self.rank == 0
+                                else None)
+            loaded = tuple(loaded) if loaded else None
+        else:
+            loaded = self.state.load()
         if loaded is None:
             return None
         step, wrapped = loaded

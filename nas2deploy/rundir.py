@@ -183,8 +183,8 @@ class RunDir:
         return said
 
     # ---- loops -------------------------------------------------------------------------
-    def loop(self, name: str, rank: int, key: str = "") -> Loop:
-        return Loop(self.path / name, rank, key)
+    def loop(self, name: str, rank: int, key: str = "", world: Any = None) -> Loop:
+        return Loop(self.path / name, rank, key, world)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

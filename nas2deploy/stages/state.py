@@ -63,7 +63,8 @@ class RunState:
 
     def loop(self, name: str, key: str = ""):
         """Per-epoch checkpoints of the loop ``name`` (None without a run directory)."""
-        return self.rundir.loop(name, self.world.rank, key) if self.rundir is not None else None
+        return (self.rundir.loop(name, self.world.rank, key, self.world)
+                if self.rundir is not None else None)
 
     @property
     def compute(self) -> Compute:
