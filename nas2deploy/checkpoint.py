@@ -21,9 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .distributed import World, share
 from .env import write_atomic
 from .errors import UsageError
 
@@ -135,6 +137,27 @@ class Store:
         return None
 
 
+def share_tree(world: World, tree: Any = None) -> Any:
+    """Rank 0's ``tree`` (a checkpoint: dicts, lists, numbers, tensors) on every rank: its JSON
+    skeleton through ``share``, its tensors broadcast one by one. Ranks on other nodes need not
+    see rank 0's files."""
+    if not world.distributed:
+        return tree
+    skeleton, tensors = encode(tree) if world.leader else (None, {})
+    head = share(world, (lambda: {"skeleton": skeleton, "tensors": [
+        [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors.items()]})
+        if world.leader else None)
+    dev = torch.device("cuda", torch.cuda.current_device()) if world.backend == "nccl" else None
+    out: dict[str, torch.Tensor] = {}
+    for key, dtype, shape in head["tensors"]:
+        t = (tensors[key] if world.leader
+             else torch.empty(shape, dtype=getattr(torch, dtype)))
+        buf = t.to(dev) if dev is not None else t
+        dist.broadcast(buf, src=0)
+        out[key] = buf.cpu() if dev is not None else buf
+    return decode(head["skeleton"], out)
+
+
 class Loop:
     """Checkpoints of one loop in a data-parallel run: rank 0 writes the loop's state (the same
     on every rank), each rank its own global RNG states (torch, numpy, python, CUDA) under
@@ -158,8 +181,6 @@ class Loop:
 
     def load(self, log: Callable[[str], None] = lambda m: None) -> tuple[int, Any] | None:
         if self.world is not None and self.world.distributed:
-            from .distributed import share_tree
-
             # rank 0 reads; the others receive (their node need not share its filesystem)
             loaded = share_tree(self.world, list(self.state.load() or ()) if self.rank == 0
                                 else None)

@@ -171,29 +171,6 @@ def share(world: World, make: Callable[[], T] | None, *, device: torch.device | 
     return json.loads(buf.cpu().numpy().tobytes().decode())
 
 
-def share_tree(world: World, tree: Any = None) -> Any:
-    """Rank 0's ``tree`` (a checkpoint: dicts, lists, numbers, tensors) on every rank: its JSON
-    skeleton through ``share``, its tensors broadcast one by one. Ranks on other nodes need not
-    see rank 0's files."""
-    from .checkpoint import decode, encode
-
-    if not world.distributed:
-        return tree
-    skeleton, tensors = encode(tree) if world.leader else (None, {})
-    head = share(world, (lambda: {"skeleton": skeleton, "tensors": [
-        [k, str(t.dtype).removeprefix("torch."), list(t.shape)] for k, t in tensors.items()]})
-        if world.leader else None)
-    dev = torch.device("cuda", torch.cuda.current_device()) if world.backend == "nccl" else None
-    out: dict[str, torch.Tensor] = {}
-    for key, dtype, shape in head["tensors"]:
-        t = (tensors[key] if world.leader
-             else torch.empty(shape, dtype=getattr(torch, dtype)))
-        buf = t.to(dev) if dev is not None else t
-        dist.broadcast(buf, src=0)
-        out[key] = buf.cpu() if dev is not None else buf
-    return decode(head["skeleton"], out)
-
-
 def check_same(world: World, value: Any, what: str) -> None:
     """Fail loudly (on every rank) unless every rank holds the same JSON ``value``."""
     if not world.distributed:
