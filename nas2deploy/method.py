@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -127,6 +128,43 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class PresetConfig(MethodConfig):
+    """A config with named presets of its space (a subclass declares a ``preset: str | None``
+    field, ``PRESETS`` {name: {field: value}} and ``OWNER``, the name its errors start with).
+    ``from_dict`` merges exactly: the preset's values, then the explicit ones over them. Direct
+    construction, ``Config(preset=...)``, gives the preset's value to every field still at its
+    class default."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    OWNER: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        preset = (self.PRESETS.get(self.preset) if isinstance(self.preset, str)  # type: ignore[attr-defined]
+                  else None)
+        if preset:
+            for f in dataclasses.fields(self):
+                default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                           else f.default)
+                if f.name in preset and getattr(self, f.name) == default:
+                    setattr(self, f.name, copy.deepcopy(preset[f.name]))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "PresetConfig":
+        values = dict(values or {})
+        preset = values.get("preset")
+        if preset is not None:
+            if not isinstance(preset, str) or preset not in cls.PRESETS:
+                raise UsageError(f"{cls.OWNER}: unknown preset {preset!r}; choose from "
+                                 f"{', '.join(cls.PRESETS)}")
+            values = {**copy.deepcopy(cls.PRESETS[preset]), **values}
+        # built without the preset (every space value is explicit by now), then marked with it
+        cfg = super().from_dict({k: v for k, v in values.items() if k != "preset"})
+        cfg.preset = preset  # type: ignore[attr-defined]
+        cfg.validate()
+        return cfg  # type: ignore[return-value]
 
 
 @dataclass

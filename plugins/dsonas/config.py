@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from nas2deploy.errors import UsageError
-from nas2deploy.method import MethodConfig
+from nas2deploy.method import PresetConfig
 from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 
 # Candidate ops a DAG level may hold: name -> (nas2deploy.ops op, its parameters besides width).
@@ -74,7 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {"cifar": CIFAR_SPACE}
 
 
 @dataclass
-class DSONASConfig(MethodConfig):
+class DSONASConfig(PresetConfig):
     """Options of the DSO-NAS search (all have defaults; see ``validate`` for the ranges).
 
     The defaults are sized for the project's default run (digits, 1×32×32, ~630 + ~630 search
@@ -83,6 +81,9 @@ class DSONASConfig(MethodConfig):
     ``preset = "cifar"`` selects that space; explicitly given space options override a preset's
     values.
     """
+
+    PRESETS = PRESETS
+    OWNER = "dsonas"
 
     preset: str | None = None  # "cifar": the paper's CIFAR-10 space; explicit space options win
 
@@ -118,31 +119,6 @@ class DSONASConfig(MethodConfig):
 
     # --- derivation ---
     keep_scales: bool = True  # surviving λ become constant coefficients of the derived sums
-
-    def __post_init__(self) -> None:
-        # Direct construction, DSONASConfig(preset="cifar"): space fields still at their class
-        # defaults take the preset's values (from_dict merges exactly instead).
-        preset = PRESETS.get(self.preset) if isinstance(self.preset, str) else None
-        if preset:
-            for f in dataclasses.fields(DSONASConfig):
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                if f.name in preset and getattr(self, f.name) == default:
-                    setattr(self, f.name, copy.deepcopy(preset[f.name]))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "DSONASConfig":
-        values = dict(values or {})
-        preset = values.get("preset")
-        if preset is not None:
-            if not isinstance(preset, str) or preset not in PRESETS:
-                raise UsageError(f"dsonas: unknown preset {preset!r}; choose from "
-                                 f"{', '.join(PRESETS)}")
-            values = {**copy.deepcopy(PRESETS[preset]), **values}
-        # built without the preset (every space value is explicit by now), then marked with it
-        cfg = super().from_dict({k: v for k, v in values.items() if k != "preset"})
-        cfg.preset = preset
-        cfg.validate()
-        return cfg  # type: ignore[return-value]
 
     @classmethod
     def cifar(cls, **overrides: Any) -> "DSONASConfig":

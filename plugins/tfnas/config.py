@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from nas2deploy.errors import UsageError
-from nas2deploy.method import MethodConfig, SearchContext
+from nas2deploy.method import PresetConfig, SearchContext
 from nas2deploy.netspec import MAX_CHANNELS, MAX_PARAMS
 from nas2deploy.ops import ACTS
 
@@ -77,7 +76,7 @@ _CONTEXT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SearchContext
 
 
 @dataclass
-class TFNASConfig(MethodConfig):
+class TFNASConfig(PresetConfig):
     """Options of the TF-NAS search (all have defaults; ``validate`` gives the ranges).
 
     The default space is a small EfficientNet-B0-like space sized for the project's default run
@@ -85,6 +84,9 @@ class TFNASConfig(MethodConfig):
     of at most 2/3/3/1 blocks. ``preset = "imagenet"`` selects the paper's ImageNet-224 space (six
     stages, 18 blocks, tail 1280); explicitly given space options override a preset's values.
     """
+
+    PRESETS = PRESETS
+    OWNER = "tfnas"
 
     preset: str | None = None  # "imagenet": the paper's space; explicit space options win
 
@@ -145,31 +147,6 @@ class TFNASConfig(MethodConfig):
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     arch_weight_decay: float = 5e-4
     arch_grad_clip: float = 5.0  # 0 = off
-
-    def __post_init__(self) -> None:
-        # Direct construction, TFNASConfig(preset="imagenet"): space fields still at their
-        # class defaults take the preset's values (from_dict merges exactly instead).
-        preset = PRESETS.get(self.preset) if isinstance(self.preset, str) else None
-        if preset:
-            for f in dataclasses.fields(TFNASConfig):
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                if f.name in preset and getattr(self, f.name) == default:
-                    setattr(self, f.name, copy.deepcopy(preset[f.name]))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "TFNASConfig":
-        values = dict(values or {})
-        preset = values.get("preset")
-        if preset is not None:
-            if preset not in PRESETS:
-                raise UsageError(f"tfnas: unknown preset {preset!r}; choose from "
-                                 f"{', '.join(PRESETS)}")
-            values = {**copy.deepcopy(PRESETS[preset]), **values}
-        # built without the preset (every space value is explicit by now), then marked with it
-        cfg = super().from_dict({k: v for k, v in values.items() if k != "preset"})
-        cfg.preset = preset
-        cfg.validate()
-        return cfg  # type: ignore[return-value]
 
     @classmethod
     def imagenet(cls, **overrides: Any) -> "TFNASConfig":
