@@ -20,8 +20,6 @@ import torch
 
 from nas2deploy.device import Compute, on, resolve
 from nas2deploy.architecture import Architecture
-from nas2deploy.latency import LatencyModel
-from nas2deploy.netspec import signatures
 from nas2deploy.materialize import materialize
 from nas2deploy.method import SearchContext, SearchData, TaskSpec
 from nas2deploy_plugins.densenas import DenseNAS
@@ -29,21 +27,7 @@ from nas2deploy_plugins.dsonas import DSONAS
 from nas2deploy_plugins.enas import ENAS
 from nas2deploy_plugins.tfnas import TFNAS
 
-
-class SynthLUT(LatencyModel):
-    """A monotone synthetic per-op table (cost ∝ mid·H·W·k²) plus a constant."""
-
-    name = "synthetic"
-
-    def op_cost(self, sig) -> float:
-        return 1e-5 * max(sig.mid, 1) * sig.h * sig.w * max(sig.kernel, 1) ** 2
-
-    @property
-    def base_ms(self) -> float:
-        return 0.05
-
-    def predict(self, spec) -> float:
-        return self.base_ms + sum(self.op_cost(s) for s in signatures(spec).values())
+from test_tfnas import SynthLUT  # a monotone synthetic per-op table
 
 
 # name -> (method class, tiny config, task, options of the context); the tiny configs are the
@@ -82,6 +66,16 @@ def _on_cpu(tensors) -> bool:
     return all(t.device.type == "cpu" for t in tensors)
 
 
+def latency(name: str, method, supernet):
+    """(the synthetic table, a budget halfway between the space's smallest and largest) for a
+    case that steers by latency; (None, None) otherwise."""
+    if not CASES[name][3].get("latency"):
+        return None, None
+    lut, space = SynthLUT(), method.space(supernet)
+    big, small = lut.predict(space.largest().network), lut.predict(space.smallest().network)
+    return lut, small + 0.5 * (big - small)
+
+
 def search_and_decide(name: str, compute: Compute, epochs: int = 2):
     """Search method ``name`` on ``compute`` as the pipeline does, decide on the CPU, and check
     the decision materializes and runs on the CPU. Returns (decision, history)."""
@@ -91,12 +85,7 @@ def search_and_decide(name: str, compute: Compute, epochs: int = 2):
     assert cls.runs_on_gpu is True
     supernet = method.build(task)
     data = _data(task, compute.device)
-    lut = SynthLUT() if opts.get("latency") else None
-    budget = None
-    if lut is not None:
-        space = method.space(supernet)
-        big, small = lut.predict(space.largest().network), lut.predict(space.smallest().network)
-        budget = small + 0.5 * (big - small)
+    lut, budget = latency(name, method, supernet)
     measured: list[float] = []
 
     def measure(spec, weights=None) -> float:  # the pipeline's callback, timed by the estimate

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_gpu_search import CASES, SynthLUT, _data
+from test_gpu_search import CASES, _data, latency
 
 from nas2deploy.checkpoint import Loop
 from nas2deploy.device import resolve
@@ -43,12 +43,7 @@ def search(name: str, folder, stop_at: int | None = None):
     torch.manual_seed(0)
     method = cls(cfg)
     supernet = method.build(task)
-    lut = SynthLUT() if opts.get("latency") else None
-    budget = None
-    if lut is not None:
-        space = method.space(supernet)
-        big, small = lut.predict(space.largest().network), lut.predict(space.smallest().network)
-        budget = small + 0.5 * (big - small)
+    lut, budget = latency(name, method, supernet)
     calls: list[float] = []
 
     def measure(spec, weights=None) -> float:
