@@ -3,8 +3,9 @@
 A method builds it from its supernet (``SearchMethod.space``). Core asks the space, never the
 method, for the budget's references (``largest``, ``smallest``), for the networks a latency table
 measures (``cover``), for random subnets (``sample``: latency calibration, benchmarks, the
-random-search baseline) and for the supernet's weights of one of its architectures
-(``inherit``). A capability a space lacks is ``None``; asking for it is a clear error, never a
+random-search baseline), for the supernet's weights of one of its architectures
+(``inherit``: copies; ``share``: the live tensors, through which training a materialized
+subnet trains the supernet). A capability a space lacks is ``None``; asking for it is a clear error, never a
 guess made by writing into the supernet's architecture parameters.
 """
 
@@ -21,7 +22,7 @@ import torch
 from .architecture import Architecture
 from .errors import UsageError
 
-CAPABILITIES = ("largest", "smallest", "cover", "sample", "inherit")
+CAPABILITIES = ("largest", "smallest", "cover", "sample", "inherit", "share")
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +33,14 @@ class SearchSpace(Mapping):
     ``cover`` defaults to ``[largest()]``, enough when the largest subnet holds every candidate op
     (DSO-NAS); a space with alternative ops at one position must give more. ``inherit`` without a
     function inherits nothing (the subnet is retrained from its initialisation).
+
+    ``share(arch)`` is weight sharing as a value: the same names as ``inherit``, but the
+    supernet's own tensors (its parameters and buffers, or differentiable slices of them), not
+    copies. ``torch.func.functional_call(materialize(arch), space.shared(arch), x)`` then
+    computes the subnet with the supernet's weights, and its gradients reach the supernet's
+    parameters: how the random-search baseline trains any space's supernet with uniformly
+    sampled paths. A space without it (a method that trains every child from scratch) is
+    searched by training each sampled child on its own.
     """
 
     description: dict[str, Any]
@@ -40,6 +49,7 @@ class SearchSpace(Mapping):
     cover: Callable[[], list[Architecture]] | None = None
     sample: Callable[[random.Random], Architecture] | None = None
     inherit: Callable[[Architecture], dict[str, torch.Tensor]] | None = None
+    share: Callable[[Architecture], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         d = self.description
@@ -75,6 +85,14 @@ class SearchSpace(Mapping):
     def weights(self, arch: Architecture) -> dict[str, torch.Tensor]:
         """The supernet's weights for ``arch``, keyed by the materialized net's state_dict names."""
         return self.inherit(arch) if self.inherit is not None else {}
+
+    def shared(self, arch: Architecture) -> dict[str, torch.Tensor]:
+        """The supernet's live tensors for ``arch`` (see ``share``); a clear error where the
+        space has no weight sharing."""
+        if self.share is None:
+            raise UsageError(f"search space {self.name!r} shares no weights between its subnets "
+                             f"(its method gives no share())")
+        return self.share(arch)
 
     def check(self, arch: Architecture, who: str) -> None:
         """UsageError unless ``arch`` was decided in this space."""

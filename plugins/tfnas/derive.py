@@ -64,22 +64,22 @@ def decisions(net: TFNASSupernet, ops: Sequence[int], depths: Sequence[int],
             "depth_probs": [[round(p, 6) for p in dp] for dp in depth_probs], "blocks": blocks}
 
 
-def inherited(net: TFNASSupernet, spec: dict[str, Any], ops: Sequence[int]) -> dict[str, torch.Tensor]:
+def inherited(net: TFNASSupernet, spec: dict[str, Any], ops: Sequence[int], *,
+              live: bool = False) -> dict[str, torch.Tensor]:
     """Supernet weights for the network ``spec`` (whose blocks use ``ops``, per global block),
-    keyed by the ``GraphNet`` state_dict names ``nodes.<id>.<...>``."""
+    keyed by the ``GraphNet`` state_dict names ``nodes.<id>.<...>``: CPU copies, or with
+    ``live`` the supernet's own tensors (slices of them for elastic widths), where they are.
+    A block's width other than its op's current one takes the channels ``set_width`` would."""
     out: dict[str, torch.Tensor] = {}
     for name, mod in net.fixed_modules().items():
-        for key, t in mod.state_dict().items():
-            out[f"nodes.{name}.{key}"] = t.detach().cpu().clone()
+        for key, t in mod.state_dict(keep_vars=live).items():
+            out[f"nodes.{name}.{key}"] = t if live else t.detach().cpu().clone()
     by_name = {b.name: (j, blk) for j, (b, blk) in enumerate(zip(net.layout.blocks, net.blocks()))}
     for node in spec["nodes"]:
         if node["id"] not in by_name:
             continue
         j, blk = by_name[node["id"]]
         op = blk.ops[ops[j]]
-        if op.mid != node["mid"]:
-            raise ValueError(f"block {node['id']}: the architecture's mid {node['mid']} is not the "
-                             f"supernet op's current width {op.mid}")
-        for key, t in op.export_state().items():
-            out[f"nodes.{node['id']}.{key}"] = t.cpu()
+        for key, t in op.export_state(node["mid"], live=live).items():
+            out[f"nodes.{node['id']}.{key}"] = t if live else t.cpu()
     return out

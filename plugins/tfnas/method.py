@@ -58,7 +58,8 @@ class TFNAS(SearchMethod):
         return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
                            smallest=lambda: self._smallest(net), cover=lambda: self._cover(net),
                            sample=lambda rng: self._sample(net, rng),
-                           inherit=lambda arch: self._inherit(net, arch))
+                           inherit=lambda arch: self._inherit(net, arch),
+                           share=lambda arch: self._inherit(net, arch, live=True))
 
     def _describe(self, net: TFNASSupernet) -> dict[str, Any]:
         task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
@@ -150,11 +151,12 @@ class TFNAS(SearchMethod):
             arch.decisions["estimate_correction"] = searched.correction
         return arch
 
-    def _inherit(self, net: TFNASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
+    def _inherit(self, net: TFNASSupernet, arch: Architecture,
+                 live: bool = False) -> dict[str, torch.Tensor]:
         self.space(net).check(arch, "tfnas")
         ops = [OP_NAMES.index(b["op"]) for b in arch.decisions["blocks"]]
         try:
-            return inherited(net, arch.network, ops)
+            return inherited(net, arch.network, ops, live=live)
         except ValueError as exc:
             raise UsageError(f"tfnas: {exc}") from exc
 

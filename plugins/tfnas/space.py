@@ -20,6 +20,8 @@ Node ids of the derived network: ``stem``, ``stem_mb``, ``s{stage}_b{block}`` (1
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -190,15 +192,19 @@ class ElasticMBConv(nn.Module):
         return self.dw[0].weight.detach().abs().sum((1, 2, 3))
 
     @torch.no_grad()
-    def set_width(self, mid: int) -> None:
-        """Keep the ``mid`` channels with the largest depthwise L1 norm (ties: lower index)."""
+    def channels(self, mid: int) -> torch.Tensor:
+        """The ``mid`` channels with the largest depthwise L1 norm (ties: lower index), sorted."""
         mid = int(mid)
         if not self.mid_min <= mid <= self.mid_max:
             raise ValueError(f"width {mid} outside [{self.mid_min}, {self.mid_max}]")
-        imp = self.importance()
         # stable descending order: a stable sort of -importance keeps lower indices first on ties
-        order = torch.sort(-imp, stable=True).indices
-        self.active = torch.sort(order[:mid]).values
+        order = torch.sort(-self.importance(), stable=True).indices
+        return torch.sort(order[:mid]).values
+
+    @torch.no_grad()
+    def set_width(self, mid: int) -> None:
+        """Keep the ``mid`` channels ``channels`` ranks first."""
+        self.active = self.channels(mid)
 
     def inactive(self) -> torch.Tensor:
         keep = torch.ones(self.mid_max, dtype=torch.bool, device=self.active.device)
@@ -241,11 +247,17 @@ class ElasticMBConv(nn.Module):
 
     # --- materialization ---------------------------------------------------------------------
 
-    @torch.no_grad()
-    def export_state(self) -> dict[str, torch.Tensor]:
-        """State dict of the ``nas2deploy.ops.MBConv`` this op becomes at its active width:
-        the active channels index-selected out of every mid-indexed tensor."""
-        idx = self.active
+    def export_state(self, mid: int | None = None, live: bool = False) -> dict[str, torch.Tensor]:
+        """State dict of the ``nas2deploy.ops.MBConv`` this op becomes at its active width (or
+        at ``mid``: the channels ``channels(mid)`` ranks first): those channels index-selected
+        out of every mid-indexed tensor. Copies; ``live``: differentiable selections of the
+        supernet's own tensors (``SearchSpace.share``)."""
+        idx = self.active if mid is None or int(mid) == self.mid else self.channels(mid)
+        with contextlib.nullcontext() if live else torch.no_grad():
+            out = self._state(idx)
+        return out if live else {k: v.detach().clone() for k, v in out.items()}
+
+    def _state(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
 
         def bn_state(prefix: str, bn: nn.BatchNorm2d, sel: torch.Tensor | None) -> None:
@@ -269,7 +281,7 @@ class ElasticMBConv(nn.Module):
             out["se.expand.bias"] = self.se.expand.bias.index_select(0, idx)
         out["project.0.weight"] = self.project[0].weight.index_select(1, idx)
         bn_state("project.1", self.project[1], None)
-        return {k: v.detach().clone() for k, v in out.items()}
+        return out
 
 
 class SearchBlock(nn.Module):
