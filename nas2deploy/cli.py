@@ -18,7 +18,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .config import RunConfig, load_toml, merge
-from .errors import Nas2DeployError
+from .errors import Nas2DeployError, UsageError
 
 DEFAULTS = RunConfig()
 
@@ -157,6 +157,9 @@ def _comma_list(ctx, param, value):
 @main.command("search-and-export")
 @click.option("--method", default=DEFAULTS.method, show_default=True,
               help="Search method (see `nas2deploy methods`).")
+@click.option("--space", default=None,
+              help="The method's `space` option (wins over [method-options]): for random, the "
+                   "method whose space it samples (default tfnas); for enas, macro or micro.")
 @click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
               help="digits (embedded), cifar10:DIR (python batches) or folder:DIR (class per subfolder).")
 @click.option("--input-size", type=int, default=DEFAULTS.input_size, show_default=True,
@@ -233,11 +236,17 @@ def search_and_export_cmd(config_file: Path | None, as_json: bool, quiet: bool, 
     """
     from .pipeline import search_and_export
 
+    space = options.pop("space")
     ctx = click.get_current_context()
     cli_values = {k: v for k, v in options.items()
                   if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE,
                                                      ParameterSource.ENVIRONMENT)}
     toml_values = load_toml(config_file) if config_file is not None else {}
+    if space is not None:
+        options_table = toml_values.get("method_options", {})
+        if not isinstance(options_table, dict):
+            raise UsageError(f"[method-options] in {config_file} must be a table")
+        toml_values["method_options"] = {**options_table, "space": space}
     cfg = merge(toml_values, cli_values)
     log = (lambda m: None) if quiet else (lambda m: click.echo(f"[nas2deploy] {m}", err=True))
     result = search_and_export(cfg, log=log, progress=_progress_factory(quiet))

@@ -49,7 +49,7 @@ def random_plugin(tmp_path_factory):
 def tiny_random_config(tmp_path):
     """A config for the random plugin that runs the whole pipeline in seconds."""
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 3\n'
+    cfg.write_text('method = "example-random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 3\n'
                    'target = "onnxruntime:cpu"\nexport = "onnx"\n'
                    '[method-options]\nsamples = 2\nlayers = 2\nwidth = 8\n')
     return cfg

@@ -27,7 +27,7 @@ from nas2deploy.errors import BundleError, UsageError
 from nas2deploy.outdir import staged_bundle
 
 EXE = Path(sys.executable).with_name("nas2deploy")
-TINY = ('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 0\n'
+TINY = ('method = "example-random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 0\n'
         'max-rounds = 1\ntarget = "onnxruntime:cpu"\nexport = "onnx,tensorrt"\n'
         '[method-options]\nsamples = 1\nlayers = 2\nwidth = 8\n')
 

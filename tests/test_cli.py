@@ -53,13 +53,13 @@ def bundle(random_plugin, tmp_path_factory):
     (out / "stale.txt").write_text("from an earlier run")
     earlier_bundle(out)
     cfg = out.parent / "tiny.toml"
-    cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 4\n'
+    cfg.write_text('method = "example-random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 4\n'
                    'target = "onnxruntime:cpu"\nexport = "onnx,openvino"\n'
                    '[method-options]\nsamples = 2\nlayers = 2\nwidth = 8\n')
     res = run_cli("search-and-export", "--config", str(cfg), "--out", str(out), "--quiet",
                   "--latency-fraction", "0.9", "--overwrite", "--json")
     assert res.exit_code in (0, 3), res.output
-    assert json.loads(res.stdout)["method"]["name"] == "random"  # --json: the manifest on stdout
+    assert json.loads(res.stdout)["method"]["name"] == "example-random"  # --json: the manifest on stdout
     return out
 
 
@@ -224,6 +224,29 @@ def test_cli_wins_over_config(random_plugin, tmp_path, monkeypatch):
     assert seen["cfg"].threads == 3 and seen["cfg"].seed == 5 and seen["cfg"].export == ["onnx"]
 
 
+def test_space_flag_sets_the_method_option(tmp_path, monkeypatch):
+    """``--space`` is the method's ``space`` option and wins over the config file's
+    [method-options]; an unknown space is one clear line."""
+    from nas2deploy import pipeline
+
+    seen = {}
+
+    def fake(cfg, **kw):
+        seen["cfg"] = cfg
+        raise pipeline.UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "search_and_export", fake)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("method = 'random'\n[method-options]\nspace = 'dsonas'\nsamples = 5\n")
+    assert_clean_error(run_cli("search-and-export", "--config", str(cfg), "--space", "densenas"),
+                       2, "stop here")
+    assert seen["cfg"].method_options == {"space": "densenas", "samples": 5}
+    monkeypatch.undo()
+    assert_clean_error(run_cli("search-and-export", "--method", "random", "--space", "nosuch",
+                               "--out", str(tmp_path / "o")), 2, "random: --space: unknown method")
+    assert not (tmp_path / "o").exists()
+
+
 def test_budget_below_smallest_subnet(random_plugin, tiny_random_config, tmp_path):
     out = tmp_path / "o"
     res = run_cli("search-and-export", "--config", str(tiny_random_config), "--out", str(out),
@@ -258,7 +281,7 @@ def test_measure_rejects_corrupt_bundle(bundle, tmp_path, damage):
 
 def test_methods_and_exporters_lists(random_plugin):
     res = run_cli("methods")
-    assert res.exit_code == 0 and "random" in res.output and "nas2deploy-random" in res.output
+    assert res.exit_code == 0 and "example-random" in res.output and "nas2deploy-random" in res.output
     res = run_cli("exporters")
     assert res.exit_code == 0
     assert "onnx" in res.output and "openvino" in res.output and "available" in res.output

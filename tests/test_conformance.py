@@ -28,8 +28,11 @@ import torch
 
 from nas2deploy import registry
 from nas2deploy.architecture import Architecture
+from nas2deploy.counting import count_macs
 from nas2deploy.data import load_dataset
+from nas2deploy.errors import UsageError
 from nas2deploy.exporter import ExportContext, verify_parity
+from nas2deploy.latency.model import FlopsProxy
 from nas2deploy.materialize import materialize
 from nas2deploy.method import Decision, SearchContext, SearchData, SearchMethod, TaskSpec
 from nas2deploy.netspec import build_network, validate_spec
@@ -54,10 +57,12 @@ OPTIONS: dict[str, dict] = {
                  "kernels": [3, 5], "expansions": [2, 3]},
     "tfnas": {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2, "tail_channels": 32,
               "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]]},
-    "random": {"samples": 1, "layers": 2, "width": 8},
+    "example-random": {"samples": 1, "layers": 2, "width": 8},
     "enas": {"nodes": 3, "width": 4, "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,
              "derive_samples": 2},
 }
+OPTIONS["random"] = {"space": "tfnas", "space_options": OPTIONS["tfnas"], "samples": 4,
+                     "score_images": 32}
 
 
 def example_methods() -> dict[str, str]:
@@ -147,7 +152,7 @@ def test_every_registered_method_is_enrolled(random_plugin):
     missing = sorted(set(names) - set(parametrized_names()))
     assert not missing, f"registered but not run through conformance: {missing}"
     assert sorted(parametrized_names()) == names
-    assert {"dsonas", "densenas", "tfnas", "random"} <= set(names)
+    assert {"dsonas", "densenas", "tfnas", "random", "example-random"} <= set(names)
 
 
 @pytest.mark.parametrize("name", ENROLLED)
@@ -238,3 +243,94 @@ def test_method_conformance(name, request, digits, tmp_path):
     runner = onnx().runner(tmp_path, art, target)
     worst = verify_parity(net, runner, x, atol=onnx.parity_atol)
     assert math.isfinite(worst) and worst <= onnx.parity_atol
+
+
+# --- weight sharing, random search in every space, budget response ------------------------------
+
+BUILT_IN = [n for n in ENROLLED if n not in example_methods()]
+SPACES = [n for n in BUILT_IN if n != "random"]  # the methods whose spaces random search samples
+
+
+def built(name: str, options: dict | None = None):
+    entry = next(e for e in registry.methods.entries() if e.name == name)
+    assert entry.obj is not None, f"method {name!r} failed to load: {entry.error}"
+    torch.manual_seed(0)
+    method = entry.obj(OPTIONS.get(name) if options is None else options)
+    return method, method.build(TASK)
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_shared_weights_are_the_supernets(name, digits):
+    """``share`` gives the supernet's own tensors under ``inherit``'s names: the materialized
+    subnet computes with them exactly what it computes with the inherited copies, and a
+    backward through it reaches the supernet's parameters (how random search trains any
+    space's supernet)."""
+    method, supernet = built(name)
+    space = method.space(supernet)
+    if space.share is None:  # a method that trains every child from scratch: said clearly
+        with pytest.raises(UsageError, match="shares no weights"):
+            space.shared(space.largest())
+        return
+    x = digits["x"]
+    arch = space.draw(random.Random(1)) if space.sample is not None else space.largest()
+    copies = materialize(arch, space.weights(arch)).eval()
+    live = space.shared(arch)
+    assert live.keys() <= copies.state_dict().keys()
+    net = materialize(arch).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.func.functional_call(net, live, (x,)), copies(x))
+    supernet.zero_grad(set_to_none=True)
+    torch.func.functional_call(net.train(), space.shared(arch), (x,)).square().mean().backward()
+    grads = [p for p in supernet.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert grads, "no supernet parameter received a gradient through the shared weights"
+
+
+@pytest.mark.parametrize("space_name", SPACES)
+def test_random_search_samples_every_space(space_name, digits):
+    """``random`` searches each built-in space: shared-weight training (or from-scratch children
+    where the space shares no weights), scoring, a decision of that space whose inherited weights
+    load into its materialized net."""
+    options = {"space": space_name, "space_options": OPTIONS.get(space_name, {}), "samples": 3,
+               "score_images": 32, "child_steps": 2}
+    method, supernet = built("random", options)
+    space = method.space(supernet)
+    ctx = SearchContext(data=digits["search"], epochs=1, seed=0, batch_size=16)
+    searched = method.search(supernet, ctx)
+    assert len(searched.candidates) == 3
+    decision = method.decide(supernet, searched)
+    assert decision.arch.method == "random"
+    assert decision.arch.decisions["random"]["space"] == space_name
+    space.check(decision.arch, "random")
+    net = check_runs(decision.arch, space, digits["x"], decision.weights)
+    assert decision.weights and set(decision.weights) <= set(net.state_dict())
+
+
+def _estimate(method, supernet) -> FlopsProxy:
+    """A MACs proxy anchored on the space's largest (1 ms) and smallest (0.1 ms) subnets."""
+    space = method.space(supernet)
+    anchors = []
+    for arch, ms in ((space.largest(), 1.0), (space.smallest(), 0.1)):
+        net = build_network(arch.network)
+        anchors.append((count_macs(net, net.example_input(1)), ms))
+    return FlopsProxy(anchors)
+
+
+# Search epochs and options for the budget test: enough search for the budget to act.
+BUDGET_EPOCHS = {"dsonas": 3, "densenas": 3, "tfnas": 3}
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_a_tighter_budget_decides_a_smaller_architecture(name, digits):
+    """Same seed and data: a budget at 0.4 of the largest subnet's estimated latency decides an
+    architecture with a smaller estimate than one at 0.8, before any width scaling."""
+    estimates = {}
+    for fraction in (0.4, 0.8):
+        method, supernet = built(name)
+        proxy = _estimate(method, supernet)
+        budget = fraction * proxy.predict(method.space(supernet).largest().network)
+        ctx = SearchContext(data=digits["search"], epochs=BUDGET_EPOCHS.get(name, 2), seed=0,
+                            batch_size=16, budget_ms=budget, latency_model=proxy)
+        decision = method.decide(supernet, method.search(supernet, ctx))
+        assert decision.arch.width_multiplier == 1.0
+        estimates[fraction] = proxy.predict(decision.arch.network)
+    assert estimates[0.4] < estimates[0.8], estimates

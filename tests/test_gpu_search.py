@@ -26,6 +26,7 @@ from nas2deploy_plugins.densenas import DenseNAS
 from nas2deploy_plugins.dsonas import DSONAS
 from nas2deploy_plugins.enas import ENAS
 from nas2deploy_plugins.tfnas import TFNAS
+from nas2deploy_plugins.random_search import RandomSearch
 
 from test_tfnas import SynthLUT  # a monotone synthetic per-op table
 
@@ -48,6 +49,11 @@ CASES = {
     "enas": (ENAS, {"nodes": 4, "width": 4, "lstm_size": 16, "controller_steps": 2,
                     "reward_batch": 16, "derive_samples": 3},
              TaskSpec(1, 16, 4), {"latency": True}),
+    "random": (RandomSearch, {"space": "tfnas", "samples": 4, "score_images": 32,
+                              "space_options": {"stem_channels": 8, "stem_block_channels": 8,
+                                                "stem_se": 2, "tail_channels": 32,
+                                                "stages": [[2, 8, 2, "relu"], [1, 16, 2, "hswish"]]}},
+               TaskSpec(1, 16, 4), {"latency": True}),
 }
 PHASED = {"dsonas", "densenas", "tfnas"}  # methods whose history has a "search" phase
 

@@ -61,7 +61,7 @@ TINY_TFNAS = {"stem_channels": 8, "stem_block_channels": 8, "stem_se": 2, "tail_
               "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]]}
 
 
-def run(tmp_path: Path, monkeypatch, verdicts: list[float], method: str = "random",
+def run(tmp_path: Path, monkeypatch, verdicts: list[float], method: str = "example-random",
         options: dict | None = None, search_epochs: int = 1):
     loads: list[int] = []
     monkeypatch.setattr(pipeline, "SideBySide", scripted_side(list(verdicts), loads))

@@ -178,7 +178,7 @@ def trained_random_config(tmp_path):
     to 2 channels: near-tied logits that flip even at fp16.) The budget is generous so the net
     keeps its width."""
     cfg = tmp_path / "trained.toml"
-    cfg.write_text('method = "random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 12\n'
+    cfg.write_text('method = "example-random"\ninput-size = 16\nsearch-epochs = 1\nretrain-epochs = 12\n'
                    'latency-ms = 100.0\n'
                    '[method-options]\nsamples = 1\nlayers = 2\nwidth = 16\n'
                    'ops = ["sep3", "mb3_e3"]\n')

@@ -59,7 +59,7 @@ def write_folder(root: Path, classes: int = 3, per_class: int = 10) -> Path:
 
 def tiny_config(tmp_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text('method = "random"\nsearch-epochs = 1\nretrain-epochs = 2\nmax-rounds = 1\n'
+    cfg.write_text('method = "example-random"\nsearch-epochs = 1\nretrain-epochs = 2\nmax-rounds = 1\n'
                    'target = "onnxruntime:cpu"\nexport = "onnx"\nworkers = 1\n' + extra
                    + '[method-options]\nsamples = 1\nlayers = 2\nwidth = 8\n')
     return cfg

@@ -100,7 +100,7 @@ class Sampled:
 
 
 class RandomSearch(SearchMethod):
-    name = "random"
+    name = "example-random"
     paper = "Li & Talwalkar 2019, random search baseline (example third-party plugin)"
     Config = RandomConfig
     default_search_epochs = 2
