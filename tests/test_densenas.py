@@ -23,7 +23,8 @@ from nas2deploy.materialize import materialize
 from nas2deploy.method import SearchContext, SearchData, TaskSpec
 from nas2deploy.netspec import signatures
 from nas2deploy_plugins.densenas import DenseNAS, DenseNASConfig
-from nas2deploy_plugins.densenas.derive import build_spec, choice_cost, expected_cost, viterbi_choice
+from nas2deploy_plugins.densenas.derive import (build_spec, choice_cost, cost_choice, expected_cost,
+                                               viterbi_choice)
 from nas2deploy_plugins.densenas.routing import Graph, chained_cost, path_edges, viterbi
 from nas2deploy_plugins.densenas.search import ArchOptimizer, sample_mask, sample_ops
 from nas2deploy_plugins.densenas.space import CostTable, macs
@@ -376,7 +377,9 @@ def test_cli_search_and_export_end_to_end(tmp_path):
 
     arch = Architecture.load(out / "architecture.json")
     path = arch.decisions["path"]
-    assert arch.decisions["top"][0]["path"] == path and len(arch.decisions["top"]) <= 2
+    assert len(arch.decisions["top"]) <= 2
+    # the decided path, unless the closed loop re-sized it with the method's lever
+    assert arch.decisions["top"][0]["path"] == path or "re-decoded" in arch.decisions["note"]
     blocks = path[1:-1]
     allowed = {"stem", "stem_mb", "final", "head"}
     allowed |= {f"b{j}_head" for j in blocks} | {f"b{j}_l{q}" for j in blocks for q in range(4)}
@@ -386,3 +389,157 @@ def test_cli_search_and_export_end_to_end(tmp_path):
     assert {n["op"] for n in arch.network["nodes"]} <= {"conv", "mbconv", "head"}
     for prev, node in zip(ids, arch.network["nodes"][1:]):
         assert node["inputs"] == [prev]  # one chain: the path, nothing beside it
+
+
+# ------------------------------------------------------------------------------------------
+# budget response: the latency term, the resize lever, the search as a whole
+
+
+def _tiny_search_data(n: int = 120) -> SearchData:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 16, 16, generator=gen)
+    y = torch.arange(n) % 4
+    x[torch.arange(n), 0, y, y] += 3.0
+    a, b = 2 * n // 5, 4 * n // 5
+    return SearchData(x[:a], y[:a], x[a:b], y[a:b], x[b:], y[b:])
+
+
+def _proxy(m, net) -> FlopsProxy:
+    large, small = materialize(m.space(net).largest()), materialize(m.space(net).smallest())
+    ex = large.example_input(1)
+    return FlopsProxy([(count_macs(large, ex), 0.5), (count_macs(small, ex), 0.1)])
+
+
+def test_latency_term_acts_below_the_budget():
+    from nas2deploy_plugins.densenas.search import latency_penalty
+
+    def grad(penalty, cost, budget):
+        c = torch.tensor(cost, dtype=torch.float64, requires_grad=True)
+        latency_penalty(c, DenseNASConfig(penalty=penalty), budget, aim=0.95).backward()
+        return float(c.grad)
+
+    assert DenseNASConfig().penalty == "target"
+    assert grad("target", 1.0, 2.0) < 0 < grad("target", 3.0, 2.0)  # pulled towards 0.95 × 2
+    assert grad("paper", 1.0, 2.0) > 0 and grad("hinge", 1.0, 2.0) == 0.0
+    assert grad("target", 3.0, 2.0) == pytest.approx(grad("paper", 3.0, 2.0))
+    assert grad("target", 3.0, None) == pytest.approx(grad("paper", 3.0, None))
+
+
+@pytest.mark.parametrize("penalty", ["target", "hinge"])
+def test_the_arch_step_feels_the_budget_from_below(penalty):
+    """The searcher's own arch step with the budget above the expected cost: with the default
+    term its gradients on β and α differ from cross-entropy's alone; with the hinge (the old
+    default) they are cross-entropy's, which is how the search ignored its budget."""
+    import copy
+
+    from nas2deploy_plugins.densenas.search import Searcher, cost_table
+
+    torch.manual_seed(0)
+    m = DenseNAS({**TINY, "penalty": penalty})
+    net = m.build(TaskSpec(1, 16, 4))
+    lm = _proxy(m, net)
+    table, unit = cost_table(net.layout, lm, m.config.skip_cost_fraction)
+    assert unit == "ms"
+    budget = 2 * lm.predict(m.space(net).largest().network)
+    data = _tiny_search_data(40)
+    x, y = data.x_arch[:8], data.y_arch[:8]
+    grads = []
+    for cfg in (m.config, DenseNASConfig.from_dict({**TINY, "latency_lambda": 0.0})):
+        s = Searcher(copy.deepcopy(net), cfg, table, budget, 10, 10, seed=0, batch_size=8)
+        seen = []
+        s.a_opt.step = lambda g, masks: seen.append([t.clone() for t in g])
+        s.arch_step(x, y)
+        assert float(s.expected_ms()) < budget
+        grads.append(seen[0])
+    ce_alone = all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(*grads))
+    assert ce_alone == (penalty == "hinge")
+
+
+def test_weighted_viterbi_at_zero_cost_weight_is_viterbi_and_argmax():
+    from nas2deploy_plugins.densenas.derive import weighted_choice
+
+    m = DenseNAS(TINY)
+    net = m.build(TaskSpec(1, 16, 10))
+    L, table = net.layout, m._mac_table(net)
+    rng = random.Random(0)
+    for _ in range(20):
+        with torch.no_grad():
+            for prm in net.arch_parameters():
+                prm.copy_(torch.tensor([rng.gauss(0, 2) for _ in range(prm.numel())]).view_as(prm))
+        want = viterbi_choice(L, net.transition_probs(), net.alpha_head, net.alpha_stack)
+        got = weighted_choice(L, net.transition_probs(), net.alpha_head, net.alpha_stack, table, 0.0)
+        assert (got.path, got.head_ops, got.layer_ops) == (want.path, want.head_ops, want.layer_ops)
+        huge = weighted_choice(L, net.transition_probs(), net.alpha_head, net.alpha_stack, table, 1e6)
+        assert choice_cost(L, table, huge) == pytest.approx(
+            choice_cost(L, table, cost_choice(L, table, largest=False)))
+
+
+def _searched(fraction: float, epochs: int = 4):
+    torch.manual_seed(0)
+    m = DenseNAS(TINY)
+    net = m.build(TaskSpec(1, 16, 4))
+    lm = _proxy(m, net)
+    budget = fraction * lm.predict(m.space(net).largest().network)
+    ctx = SearchContext(_tiny_search_data(), epochs=epochs, seed=0, batch_size=8,
+                        budget_ms=budget, latency_model=lm)
+    searched = m.search(net, ctx)
+    return m, net, lm, m.decide(net, searched)
+
+
+def test_a_tighter_budget_decides_a_faster_architecture():
+    est = {}
+    for fraction in (0.4, 0.8):
+        _, _, lm, decision = _searched(fraction)
+        est[fraction] = lm.predict(decision.arch.network)
+    assert est[0.4] < est[0.8], est
+
+
+def test_resize_lever_moves_the_estimate_towards_the_factor():
+    m, net, lm, decision = _searched(0.8, epochs=3)
+    now = lm.predict(decision.arch.network)
+    moved = 0
+    for factor in (0.5, 0.8, 1.25, 2.0):
+        new = decision.resize(factor)
+        if new is None:
+            continue
+        moved += 1
+        ratio = lm.predict(new.arch.network) / now
+        assert (ratio < 1) == (factor < 1), (factor, ratio)
+        assert abs(math.log(ratio / factor)) < abs(math.log(factor)), (factor, ratio)
+        assert "cost-weighted Viterbi" in new.arch.decisions["note"]
+        # its own lever, and the supernet's weights for the new path
+        assert new.resize is not None
+        want = m.space(net).weights(new.arch)
+        assert new.weights.keys() == want.keys()
+        assert all(torch.equal(new.weights[k], v) for k, v in want.items())
+        materialize(new.arch, new.weights)(torch.randn(1, 1, 16, 16))
+    assert moved >= 2
+    with pytest.raises(UsageError):
+        decision.resize(0)
+
+
+def test_shared_weights_compute_the_subnet_and_train_the_supernet():
+    torch.manual_seed(0)
+    m = DenseNAS(TINY)
+    net = m.build(TaskSpec(1, 16, 10))
+    with torch.no_grad():
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2)
+    space = m.space(net)
+    arch = space.draw(random.Random(1))
+    shared, copied = space.shared(arch), space.weights(arch)
+    assert shared.keys() == copied.keys()
+    own = dict(net.state_dict(keep_vars=True))
+    assert all(any(t is v for v in own.values()) for t in shared.values())
+    sub = materialize(arch).eval()
+    loaded = materialize(arch, copied).eval()
+    x = torch.randn(3, 1, 16, 16)
+    out = torch.func.functional_call(sub, shared, (x,))
+    with torch.no_grad():
+        assert torch.allclose(out, loaded(x), atol=1e-6)
+    out.sum().backward()
+    params = [t for t in shared.values() if isinstance(t, torch.nn.Parameter)]
+    assert params and all(p.grad is not None for p in params)
+    assert all(p.grad is None for p in net.parameters() if all(p is not t for t in params))

@@ -5,6 +5,7 @@ immune to oversubscription when the machine is shared)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import deque
@@ -364,7 +365,7 @@ def test_empty_reduction_block_is_guarded():
     {"levels": 1.5}, {"stages": 0}, {"base_width": 0}, {"gamma": -1e-3},
     {"gamma": float("nan")}, {"adaptive_cost": "latency"}, {"pretrain_fraction": 1.0},
     {"w_steps_per_arch_step": 0}, {"lr": 0}, {"arch_momentum": 1.0}, {"grad_clip": -1},
-    {"keep_scales": "yes"}, {"stem_stride": 3}, {"prune_every": -1}, {"no_such_option": 1},
+    {"keep_scales": "yes"}, {"stem_stride": 3}, {"budget_pressure": 1}, {"prune_every": -1}, {"no_such_option": 1},
 ])
 def test_config_validation(bad):
     with pytest.raises(UsageError):
@@ -489,33 +490,43 @@ def test_sample_gives_varied_valid_subnets_without_touching_the_supernet():
     assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
 
 
-def test_sparser_lever_removes_the_weakest_edges_level_by_level():
-    method, net = tiny()
-    gen = torch.Generator().manual_seed(3)
+def _random_sparse_lambdas(net, seed=3):
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.arch_parameters():
             p.copy_(torch.rand(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > 0.3))
+
+
+def test_sparser_lever_lands_each_level_just_under_its_aim():
+    from nas2deploy_plugins.dsonas.method import LEVEL_STEP
+
+    method, net = tiny(stages=2)
+    _random_sparse_lambdas(net)
     before = [p.detach().clone() for p in net.arch_parameters()]
-    decision = method.decide(net)
-    decided = decision.arch
-    sizes, macs_prev = [len(decided.network["nodes"])], None
-    level = 1
+    decision = method.decide(net)  # before a search: MACs are the estimate
+    lever = decision.sparser
+    base = lever.estimate(decision.arch.network)
+    estimates, level = [base], 1
     while (d := decision.sparser(level)) is not None:
         a = d.arch
-        assert a.space == decided.space and f"level {level}" in a.decisions["note"]
+        assert a.space == decision.arch.space and f"level {level}" in a.decisions["note"]
+        est = lever.estimate(a.network)
+        aim = base * LEVEL_STEP ** level
+        k = lever.removed[level]
+        if k < len(lever.order):  # not yet every edge: just under the aim
+            assert est <= aim, (level, est / base, aim / base)
+            assert est >= LEVEL_STEP * aim, (level, est / base, aim / base)
+            assert lever._at(k - 1)[2] > aim  # one edge fewer removed would be over it
+        assert est <= estimates[-1]  # levels are monotone
+        estimates.append(est)
         # the lever's snapshot of the decided weights holds the sparser net's
         want = method.space(net).weights(a)
         assert d.weights.keys() == want.keys()
-        assert all(torch.equal(d.weights[k], v) for k, v in want.items())
-        g = materialize(a)
-        assert g(torch.randn(2, 1, 8, 8)).shape == (2, 2)
-        sizes.append(len(a.network["nodes"]))
-        macs = sum(p.numel() for p in g.parameters())
-        assert macs_prev is None or macs <= macs_prev
-        macs_prev = macs
+        assert all(torch.equal(d.weights[key], v) for key, v in want.items())
+        assert materialize(a)(torch.randn(2, 1, 8, 8)).shape == (2, 2)
         level += 1
-    assert 2 <= level <= 5  # PRUNE_STEP 0.25: at most four levels reach every alive edge
-    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
+    assert level > 4 and estimates[-1] < 0.5 * base, estimates
+    assert lever.removed[level - 1] == len(lever.order)  # it ends with every normal edge removed
     assert all(torch.equal(a, b) for a, b in zip(before, net.arch_parameters()))
     with torch.no_grad():  # nothing alive in the normal blocks: no lever left
         for blk in net.units:
@@ -523,6 +534,124 @@ def test_sparser_lever_removes_the_weakest_edges_level_by_level():
                 for t in [*blk.lam_in, blk.lam_out]:
                     t.zero_()
     assert method.decide(net).sparser(1) is None
+
+
+def test_sparser_compares_lambda_within_its_bn_group_and_per_mac():
+    """Scaling all input λ of one op (its BN group) changes neither the function nor the order
+    the lever removes edges in."""
+    method, net = tiny()
+    _random_sparse_lambdas(net, seed=4)
+    order = method.decide(net).sparser.order
+    with torch.no_grad():
+        net.units[0].lam_in[1][2].mul_(50.0)
+    assert method.decide(net).sparser.order == order
+
+
+# --------------------------------------------------------------------------------------------
+# budget-aware γ and the response to the budget
+
+
+def test_flops_gamma_is_the_blocks_alive_share_and_falls_as_costly_ops_go():
+    from nas2deploy_plugins.dsonas.space import edge_costs
+
+    method, net = tiny(gamma=0.1)
+    searcher = Searcher(net, method.config)
+    assert all(torch.all(g == 0.1) for g in searcher.gammas())  # nothing pruned: γ everywhere
+    blk = net.units[0]
+    costs = edge_costs(net)
+    sep5 = net.cfg.ops.index("sep5")
+    maxpool = net.cfg.ops.index("maxpool")
+    full = sum(float(c[:, 0].sum()) for c in costs[0:3]) + float(costs[3].sum())
+
+    def prune(n):  # op n starved at every level: dead, with its output edges
+        with torch.no_grad():
+            for p in net.arch_parameters():
+                p.fill_(1.0)
+            for level in blk.lam_in:
+                level[n].zero_()
+        return searcher.gammas()
+
+    shares = {}
+    for n in (sep5, maxpool):
+        g = prune(n)
+        first = g[:4]  # s1b1: three levels of input λ, then the output λ
+        share = float(first[0].flatten()[0]) / 0.1
+        assert all(torch.allclose(t, torch.full_like(t, 0.1 * share)) for t in first)
+        assert all(torch.all(t == 0.1) for t in g[4:])  # the other block is untouched
+        dead = sum(float(costs[m][n, 0]) for m in range(3)) + 3 * float(costs[3][0, n])
+        assert share == pytest.approx((full - dead) / full)
+        shares[n] = share
+    assert shares[sep5] < shares[maxpool] < 1.0  # the costlier the pruned op, the less pressure
+
+    old = Searcher(net, DSONASConfig.from_dict({**TINY, "gamma": 0.1, "adaptive_cost": "mac"}))
+    g = old.gammas()
+    assert float(max(t.max() for t in g)) == pytest.approx(0.1)
+    assert float(g[0][sep5, 0]) == 0.0 or float(g[0][sep5, 0]) > float(g[0][maxpool, 0])
+
+
+def test_a_tighter_budget_decides_a_faster_architecture():
+    from nas2deploy.counting import count_macs
+    from nas2deploy.latency import FlopsProxy
+
+    est = {}
+    for fraction in (0.4, 0.8):
+        method, net = tiny(gamma=DSONASConfig().gamma)
+        space = method.space(net)
+        large, small = materialize(space.largest()), materialize(space.smallest())
+        ex = large.example_input(1)
+        lm = FlopsProxy([(count_macs(large, ex), 0.5), (count_macs(small, ex), 0.1)])
+        budget = fraction * lm.predict(space.largest().network)
+        ctx = _ctx(epochs=3, latency_model=lm, budget_ms=budget)
+        decision = method.decide(net, method.search(net, ctx))
+        est[fraction] = lm.predict(decision.arch.network)
+        path = decision.sparser
+        assert path.latency_model is lm  # the levers estimate as the search did
+        # landed just under the aim: one edge fewer removed would be over it
+        assert est[fraction] <= ctx.aim * budget < path._at(path.start - 1)[2]
+        assert f"landed on {ctx.aim:g}" in decision.arch.decisions["note"]
+    assert est[0.4] < est[0.8], est
+
+
+def test_resize_lever_moves_along_the_l1_path_both_ways():
+    method, net = tiny(stages=2)
+    _random_sparse_lambdas(net, seed=6)
+    decided = method.decide(net)
+    path = decided.sparser
+    base = path.estimate(decided.arch.network)
+    assert decided.resize(1.5) is None  # the search's decision is the top of its path
+    small = decided.resize(0.6)
+    est = path.estimate(small.arch.network)
+    assert abs(math.log(est / (0.6 * base))) < abs(math.log(0.6)), est / base
+    assert small.resize is not None and small.sparser is path
+    back = small.resize(base / est)  # grows back, edges restored, to the decision
+    assert back.arch.network == decided.arch.network
+    want = method.space(net).weights(small.arch)
+    assert small.weights.keys() == want.keys()
+    with pytest.raises(UsageError):
+        decided.resize(-1)
+
+
+def test_shared_weights_compute_the_subnet_and_train_the_supernet():
+    method, net = tiny(stages=2)
+    _randomize_weights_and_stats(net, 0)
+    _random_sparse_lambdas(net, seed=5)
+    space = method.space(net)
+    arch = method.decide(net).arch
+    assert any("coeffs" in n for n in arch.network["nodes"])  # λ folded into the sums
+    shared, copied = space.shared(arch), space.weights(arch)
+    assert shared.keys() == copied.keys()
+    own = list(net.state_dict(keep_vars=True).values())
+    assert all(any(t is v for v in own) for t in shared.values())
+    sub = materialize(arch).eval()
+    loaded = materialize(arch, copied).eval()
+    x = torch.randn(3, 1, 8, 8)
+    out = torch.func.functional_call(sub, shared, (x,))
+    with torch.no_grad():
+        assert torch.allclose(out, loaded(x), atol=1e-5)
+    out.sum().backward()
+    trained = [t for t in shared.values() if isinstance(t, torch.nn.Parameter) and t.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    assert all(p.grad is None for p in net.arch_parameters())  # λ are constants of the subnet
 
 
 def test_cifar_preset_builds_the_papers_space_and_explicit_options_override_it():

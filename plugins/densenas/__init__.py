@@ -11,8 +11,9 @@ under a cost term that is the exact expected latency of the path distribution th
 probabilities induce. The search never adds anything: at the end Viterbi keeps the single most
 probable stem-to-output path and the best op on it, and every block, edge and candidate op off
 that path is removed (skipped layers included). Widths, downsampling positions and depth are all
-decided by which blocks and layers survive that pruning; the surviving net is then narrowed
-further by the pipeline's channel pruning if the measured latency demands it.
+decided by which blocks and layers survive that pruning. Measured off its aim, the decision is
+re-decoded by a cost-weighted Viterbi (its ``resize`` lever) before the pipeline narrows its
+channels.
 
 Modules: ``config`` (options, presets, validation), ``routing`` (edge rule, transition
 probabilities, chained cost, Viterbi), ``space`` (layout, op signatures, cost tables, supernet),

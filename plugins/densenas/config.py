@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-PENALTIES = ("hinge", "paper")
+PENALTIES = ("target", "paper", "hinge")
 
 # Generous but finite bounds on the options that size the supernet or the run.
 MAX_BLOCKS = 64
@@ -111,9 +111,13 @@ class DenseNASConfig(MethodConfig):
     # --- cost term: CE + λ·log_τ(latency) ---
     latency_lambda: float = 0.15  # paper (MBV2, ms): λ = 0.15, τ = 15
     latency_tau: float = 15.0
-    # "paper": λ·log_τ(C) always. "hinge": λ·log_τ(max(C, budget)): the same pull while the
-    # expected latency is above ctx.budget_ms, none below it (no budget: same as "paper").
-    penalty: str = "hinge"
+    # "target": λ·|log_τ(C / T)|, T = ctx.aim × ctx.budget_ms: the paper's pull above T and the
+    # same pull upwards below it, so the searched path follows the budget both ways (a one-sided
+    # term left the search on cross-entropy alone under the budget: one path at every budget).
+    # "paper": λ·log_τ(C) always, whatever the budget. "hinge": λ·log_τ(max(C, budget)): the
+    # paper's pull above the budget, none below it. Without a budget (or with MACs as costs)
+    # all three are the paper's.
+    penalty: str = "target"
     skip_cost_fraction: float = 0.1  # skip costs this share of the layer's cheapest MBConv
 
     # --- schedule (fractions of ctx.epochs; paper: 50 warm-up, selection from 120, of 150) ---

@@ -9,6 +9,7 @@ mbconv/conv/head nodes only).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,3 +133,95 @@ def build_spec(layout: Layout, choice: Choice) -> tuple[dict[str, Any], dict[str
     spec = {"input": {"channels": L.input_channels, "size": [L.input_size, L.input_size]},
             "num_classes": L.num_classes, "nodes": nodes, "output": "head"}
     return spec, modules, blocks
+
+
+def weighted_choice(layout: Layout, p: torch.Tensor, alpha_head: torch.Tensor,
+                    alpha_stack: torch.Tensor, table: CostTable, mu: float) -> Choice:
+    """Viterbi with a cost weight: the path and ops maximising
+    log P(path) + Σ_ops log(softmax(α)_chosen / softmax(α)_argmax) − μ·cost(derived net), by
+    dynamic programming over the blocks (each block's layers are chosen on their own, as argmax
+    does). At μ = 0 the ops' term is 0 at the argmax: Viterbi + argmax, the op weights playing
+    no part in the path, as in the paper. μ > 0 trades probability for a cheaper net, μ < 0 for
+    a costlier one. Skipped layers cost nothing (they are dropped from the net)."""
+    g = layout.graph
+
+    def regret(alpha: torch.Tensor) -> torch.Tensor:
+        a = torch.log_softmax(alpha.detach().double().cpu(), 1)
+        return a - a.max(1, keepdim=True).values
+
+    lp = torch.log(p.detach().double().cpu().clamp_min(1e-300))
+    lh = regret(alpha_head) - mu * table.head.cpu()
+    stack = table.stack.cpu().clone()
+    stack[:, layout.skip_index] = 0.0
+    ls = regret(alpha_stack) - mu * stack
+    head_ops = {e: int(lh[r].argmax()) for e, r in layout.head_row.items()}
+    layer_ops = {r: int(ls[r].argmax()) for r in range(layout.n_layer_rows)}
+    node = [sum(float(ls[r, layer_ops[r]]) for r in rows) for rows in layout.layer_rows]
+    edge = [float(lp[e]) + (float(lh[layout.head_row[e], head_ops[e]]) if e in layout.head_row
+                            else -mu * float(table.out[layout.out_row[e]]))
+            for e in range(len(g.edges))]
+    best: list[float | None] = [None] * g.n
+    back: list[int | None] = [None] * g.n
+    best[0] = 0.0
+    for j in range(1, g.n):
+        for e in sorted(g.in_edges[j], key=lambda e: -g.edges[e][0]):  # nearest source first
+            i = g.edges[e][0]
+            if best[i] is None:
+                continue
+            cand = best[i] + edge[e] + node[j]
+            if best[j] is None or cand > best[j]:
+                best[j], back[j] = cand, i
+    path = [layout.out_node]
+    while path[-1] != 0:
+        path.append(back[path[-1]])  # type: ignore[arg-type]
+    path.reverse()
+    on = set(path_edges(g, path))
+    rows = {r for v in path for r in layout.layer_rows[v]}
+    prob = float(torch.exp(sum(lp[e] for e in on)))
+    return Choice(path, {e: o for e, o in head_ops.items() if e in on},
+                  {r: o for r, o in layer_ops.items() if r in rows}, prob)
+
+
+def _key(choice: Choice) -> tuple:
+    return (tuple(choice.path), tuple(sorted(choice.head_ops.items())),
+            tuple(sorted(choice.layer_ops.items())))
+
+
+def resized_choice(layout: Layout, p: torch.Tensor, alpha_head: torch.Tensor,
+                   alpha_stack: torch.Tensor, table: CostTable, current: Choice,
+                   factor: float) -> Choice | None:
+    """The cost-weighted Viterbi choice (``weighted_choice``) whose cost is nearest
+    ``factor`` × ``current``'s (in ratio), found by bisecting μ (the cost is non-increasing in
+    μ); None where no such choice is nearer than ``current`` itself."""
+    now = choice_cost(layout, table, current)
+    aim = factor * now
+    if not now > 0 or not aim > 0 or factor == 1.0:
+        return None
+    seen: dict[tuple, tuple[float, Choice]] = {}
+
+    def at(mu: float) -> float:
+        c = weighted_choice(layout, p, alpha_head, alpha_stack, table, mu)
+        cost = choice_cost(layout, table, c)
+        seen.setdefault(_key(c), (cost, c))
+        return cost
+
+    sign = 1.0 if factor < 1 else -1.0
+    # the first μ worth trying moves one nat per (whole net's cost): then widen, then bisect
+    lo, hi = 0.0, sign / now
+    for _ in range(40):
+        if (at(hi) <= aim) if sign > 0 else (at(hi) >= aim):
+            break
+        lo, hi = hi, hi * 2
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if (at(mid) <= aim) if sign > 0 else (at(mid) >= aim):
+            hi = mid
+        else:
+            lo = mid
+    at(lo)
+    mine = _key(current)
+    best = min((v for k, v in seen.items() if k != mine),
+               key=lambda v: abs(math.log(v[0] / aim)), default=None)
+    if best is None or abs(math.log(best[0] / aim)) >= abs(math.log(now / aim)):
+        return None
+    return best[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, ClassVar
 
@@ -14,9 +15,9 @@ from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.space import SearchSpace
 
 from .config import DenseNASConfig
-from .derive import Choice, build_spec, cost_choice, viterbi_choice
+from .derive import Choice, build_spec, choice_cost, cost_choice, resized_choice, viterbi_choice
 from .routing import edge_cover, path_edges
-from .search import record_to_choice, run_search
+from .search import Searched, record_to_choice, run_search
 from .space import CostTable, DenseNASSupernet, Layout, macs
 
 
@@ -59,7 +60,8 @@ class DenseNAS(SearchMethod):
         return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
                            smallest=lambda: self._smallest(net), cover=lambda: self._cover(net),
                            sample=lambda rng: self._sample(net, rng),
-                           inherit=lambda arch: self._inherit(net, arch))
+                           inherit=lambda arch: self._inherit(net, arch),
+                           share=lambda arch: self._inherit(net, arch, live=True))
 
     def _describe(self, net: DenseNASSupernet) -> dict[str, Any]:
         L = net.layout
@@ -124,63 +126,53 @@ class DenseNAS(SearchMethod):
 
     # --- search and decision -------------------------------------------------------------
 
-    def search(self, supernet: nn.Module, ctx: SearchContext) -> list[dict[str, Any]]:
-        """Returns the top-k epochs' records (by supernet validation accuracy) for ``decide``."""
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> Searched:
+        """Returns the top-k epochs' records (by supernet validation accuracy) and the cost
+        table, for ``decide``."""
         return run_search(self._check(supernet), self.config, ctx)
 
-    def decide(self, supernet: nn.Module, searched: list[dict[str, Any]] | None = None) -> Decision:
+    def decide(self, supernet: nn.Module, searched: Searched | list | None = None) -> Decision:
         """The best recorded epoch's architecture (by supernet validation accuracy; ``searched``
         is what ``search`` returned), or, before any search, Viterbi + argmax on the current
-        parameters."""
+        parameters; with a ``resize`` lever that re-decodes that epoch's parameters by a
+        cost-weighted Viterbi (``derive.resized_choice``)."""
         net = self._check(supernet)
-        if searched:
-            best = searched[0]
+        kept = searched.kept if isinstance(searched, Searched) else (searched or [])
+        if kept:
+            best = kept[0]
             choice = record_to_choice(best)
-            choice.note = f"best supernet validation epoch {best['epoch']} (top-{len(searched)} kept)"
-            choice.extra["top"] = [dict(rec) for rec in searched]
+            choice.note = f"best supernet validation epoch {best['epoch']} (top-{len(kept)} kept)"
+            choice.extra["top"] = [dict(rec) for rec in kept]
         else:
             with torch.no_grad():
                 choice = viterbi_choice(net.layout, net.transition_probs(), net.alpha_head,
                                         net.alpha_stack)
             choice.note = "Viterbi + argmax on the current parameters"
         arch = self._arch(net, choice)
-        return Decision(arch, self._inherit(net, arch))
+        params = kept[0].get("params") if kept else None
+        if params is not None:
+            beta, ah, as_ = (torch.tensor(params[k], dtype=torch.float64)
+                             for k in ("beta", "alpha_head", "alpha_stack"))
+        else:
+            beta, ah, as_ = (t.detach().cpu().double().clone() for t in net.arch_parameters())
+        table = searched.table if isinstance(searched, Searched) else self._mac_table(net)
+        lever = _Resize(self, net, table, net.layout.graph.transition_probs(beta), ah, as_)
+        return Decision(arch, self._inherit(net, arch), resize=lever.bind(choice))
 
-    def _inherit(self, net: DenseNASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
-        """Each derived node's weights from the supernet module it was chosen from. BN affine
-        parameters the supernet does not have (affine=False) keep their init; running statistics
-        are copied."""
+    def _inherit(self, net: DenseNASSupernet, arch: Architecture,
+                 live: bool = False) -> dict[str, torch.Tensor]:
+        """Each derived node's weights from the supernet module it was chosen from: copies, or
+        (``live``, for ``share``) the supernet's own tensors. BN affine parameters the supernet
+        does not have (affine=False) keep their init; running statistics are taken."""
         self.space(net).check(arch, "densenas")
-        modules = arch.decisions.get("modules", {})
-        out: dict[str, torch.Tensor] = {}
-        for node in arch.network["nodes"]:
-            path = modules.get(node["id"])
-            if path is None:
-                raise UsageError(f"densenas: node {node['id']!r} has no supernet module recorded")
-            mod = net.get_submodule(path)
-            if getattr(mod, "op", None) != node["op"]:
-                raise UsageError(f"densenas: node {node['id']!r} is a {node['op']!r} in the "
-                                 f"architecture but {path} is a {getattr(mod, 'op', '?')!r}")
-            for key, tensor in mod.state_dict().items():
-                out[f"nodes.{node['id']}.{key}"] = tensor.detach().cpu().contiguous().clone()
-        return out
+        state = net.state_dict(keep_vars=live)
+        return node_weights(arch, state, lambda path: getattr(net.get_submodule(path), "op", "?"),
+                            copy=not live)
 
     # --- helpers -------------------------------------------------------------------------
 
     def _arch(self, net: DenseNASSupernet, choice: Choice) -> Architecture:
-        spec, modules, blocks = build_spec(net.layout, choice)
-        decisions: dict[str, Any] = {
-            "path": list(choice.path), "path_probability": choice.probability,
-            "blocks": blocks, "modules": modules, "note": choice.note,
-        }
-        if "top" in choice.extra:
-            decisions["top"] = [{"epoch": r["epoch"], "val_acc": r["val_acc"], "path": r["path"],
-                                 "path_probability": r["path_probability"], "blocks": r["blocks"],
-                                 **{k: v for k, v in r.items() if k.startswith("derived_")}}
-                                for r in choice.extra["top"]]
-            decisions["selected_epoch"] = decisions["top"][0]["epoch"]
-        return Architecture(method="densenas", network=spec, space=self._describe(net),
-                            decisions=decisions, seed=net.seed)
+        return arch_of(net.layout, self._describe(net), net.seed, choice)
 
     @staticmethod
     def _check(supernet: nn.Module) -> DenseNASSupernet:
@@ -188,3 +180,78 @@ class DenseNAS(SearchMethod):
             raise UsageError(f"densenas: expected the supernet DenseNAS.build() returns, not "
                              f"{type(supernet).__name__}")
         return supernet
+
+
+def node_weights(arch: Architecture, state: dict[str, torch.Tensor], op_at, *,
+                 copy: bool) -> dict[str, torch.Tensor]:
+    """The derived net's state_dict names -> the tensors of ``state`` (a supernet state dict)
+    under the module each node was chosen from (``arch.decisions["modules"]``); ``op_at(path)``
+    names the op of the module at ``path``, checked against the node's."""
+    modules = arch.decisions.get("modules", {})
+    out: dict[str, torch.Tensor] = {}
+    for node in arch.network["nodes"]:
+        path = modules.get(node["id"])
+        if path is None:
+            raise UsageError(f"densenas: node {node['id']!r} has no supernet module recorded")
+        op = op_at(path)
+        if op != node["op"]:
+            raise UsageError(f"densenas: node {node['id']!r} is a {node['op']!r} in the "
+                             f"architecture but {path} is a {op!r}")
+        prefix = f"{path}."
+        for key, tensor in state.items():
+            if key.startswith(prefix):
+                name = f"nodes.{node['id']}.{key[len(prefix):]}"
+                out[name] = tensor.detach().cpu().contiguous().clone() if copy else tensor
+    return out
+
+
+def arch_of(layout: Layout, description: dict[str, Any], seed: int | None,
+            choice: Choice) -> Architecture:
+    spec, modules, blocks = build_spec(layout, choice)
+    decisions: dict[str, Any] = {
+        "path": list(choice.path), "path_probability": choice.probability,
+        "blocks": blocks, "modules": modules, "note": choice.note,
+    }
+    if "top" in choice.extra:
+        decisions["top"] = [{"epoch": r["epoch"], "val_acc": r["val_acc"], "path": r["path"],
+                             "path_probability": r["path_probability"], "blocks": r["blocks"],
+                             **{k: v for k, v in r.items() if k.startswith("derived_")}}
+                            for r in choice.extra["top"]]
+        decisions["selected_epoch"] = decisions["top"][0]["epoch"]
+    return Architecture(method="densenas", network=spec, space=description,
+                        decisions=decisions, seed=seed)
+
+
+class _Resize:
+    """DenseNAS's ``resize`` lever: the decided epoch's transition probabilities and op weights
+    re-decoded by Viterbi with a cost weight μ (``derive.weighted_choice``), μ bisected so the
+    derived net's cost under the search's table moves by about ``factor``. It owns copies of
+    those parameters, of the table and of the supernet's weights; the decisions it returns
+    share them."""
+
+    def __init__(self, method: DenseNAS, net: DenseNASSupernet, table: CostTable,
+                 p: torch.Tensor, alpha_head: torch.Tensor, alpha_stack: torch.Tensor):
+        self.method, self.layout, self.table = method, net.layout, table
+        self.description, self.seed = method._describe(net), net.seed
+        self.p, self.alpha_head, self.alpha_stack = p, alpha_head, alpha_stack
+        self.state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+        self.ops = {name: getattr(mod, "op", "?") for name, mod in net.named_modules()}
+
+    def bind(self, current: Choice):
+        def resize(factor: float) -> Decision | None:
+            if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+                raise UsageError(f"densenas: resize factor must be a number > 0, not {factor!r}")
+            new = resized_choice(self.layout, self.p, self.alpha_head, self.alpha_stack,
+                                 self.table, current, float(factor))
+            if new is None:
+                return None
+            was, now = (choice_cost(self.layout, self.table, c) for c in (current, new))
+            if "top" in current.extra:  # the search's record stays with what it led to
+                new.extra["top"] = current.extra["top"]
+            new.note = (f"re-decoded by cost-weighted Viterbi at x{factor:.3f} of its estimated "
+                        f"cost: x{now / was:.3f}")
+            arch = arch_of(self.layout, self.description, self.seed, new)
+            weights = node_weights(arch, self.state, lambda path: self.ops.get(path, "?"),
+                                   copy=False)
+            return Decision(arch, weights, resize=self.bind(new))
+        return resize

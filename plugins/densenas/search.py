@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -103,11 +104,17 @@ def cost_table(layout: Layout, latency_model, skip_fraction: float, log=lambda m
     return CostTable.build(layout, lambda s: macs(s) / 1e6, 0.0, skip_fraction), "mmacs"
 
 
-def latency_penalty(cost: torch.Tensor, cfg: DenseNASConfig, budget: float | None) -> torch.Tensor:
-    """λ·log_τ(C); with ``penalty = "hinge"`` and a budget, λ·log_τ(max(C, budget))."""
-    if cfg.penalty == "hinge" and budget is not None:
-        cost = torch.clamp(cost, min=float(budget))
-    return cfg.latency_lambda * torch.log(cost) / math.log(cfg.latency_tau)
+def latency_penalty(cost: torch.Tensor, cfg: DenseNASConfig, budget: float | None,
+                    aim: float = 0.95) -> torch.Tensor:
+    """The arch loss's latency term (``cfg.penalty``): "paper" λ·log_τ(C) (DenseNAS, Fang et
+    al., CVPR 2020, chained cost estimation); "target" λ·|log_τ(C / (aim·budget))|; "hinge"
+    λ·log_τ(max(C, budget)). Without a budget, the paper's."""
+    scale = cfg.latency_lambda / math.log(cfg.latency_tau)
+    if budget is None or cfg.penalty == "paper":
+        return scale * torch.log(cost)
+    if cfg.penalty == "hinge":
+        return scale * torch.log(torch.clamp(cost, min=float(budget)))
+    return scale * torch.abs(torch.log(cost) - math.log(aim * float(budget)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,8 +187,8 @@ class Searcher:
     def __init__(self, net: DenseNASSupernet, cfg: DenseNASConfig, table: CostTable,
                  budget: float | None, total_w_steps: int, total_a_steps: int, seed: int,
                  batch_size: int = 64, compute: Compute | None = None,
-                 average: Callable[[list], None] | None = None):
-        self.net, self.cfg, self.budget = net, cfg, budget
+                 average: Callable[[list], None] | None = None, aim: float = 0.95):
+        self.net, self.cfg, self.budget, self.aim = net, cfg, budget, aim
         # data-parallel: gradients averaged across ranks before every step (None: one process)
         self.average = average
         self.compute = compute if compute is not None else _cpu()
@@ -254,7 +261,7 @@ class Searcher:
         with self.compute.autocast():
             ce = F.cross_entropy(net(x, heads, stacks, p), y)
         cost = expected_cost(self.layout, self.table, p, wh, ws)
-        loss = ce + latency_penalty(cost, self.cfg, self.budget).to(ce.dtype)
+        loss = ce + latency_penalty(cost, self.cfg, self.budget, self.aim).to(ce.dtype)
         grads = self.a_scale.grads(loss, net.arch_parameters(), average=self.average)
         if grads is None:  # fp16 overflow: the scale was lowered, this step is skipped
             self.a_steps += 1
@@ -304,7 +311,17 @@ def record_to_choice(rec: dict[str, Any]) -> Choice:
                   {int(r): int(o) for r, o in rec["layer_ops"]}, rec.get("path_probability"))
 
 
-def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
+@dataclass
+class Searched:
+    """What the search hands ``decide``: the top-k epochs' records (best first) and the cost
+    table it searched with (``unit`` "ms" of the latency model, or "mmacs")."""
+
+    kept: list[dict[str, Any]]
+    table: CostTable
+    unit: str
+
+
+def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searched:
     torch.manual_seed(ctx.seed)
     net.seed = ctx.seed
     data, layout = ctx.data, net.layout
@@ -317,7 +334,8 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
     nw, na = data.n_batches("weights", bs), data.n_batches("arch", bs)
     compute = getattr(ctx, "compute", None) or _cpu()
     searcher = Searcher(net, cfg, table, budget, epochs * nw, (epochs - n_warm) * na, ctx.seed, bs,
-                        compute, average=getattr(ctx, "average", None))
+                        compute, average=getattr(ctx, "average", None),
+                        aim=float(getattr(ctx, "aim", 0.95)))
     gen_w = torch.Generator().manual_seed(ctx.seed)
     gen_a = torch.Generator().manual_seed(ctx.seed + 1)
     kept: list[dict[str, Any]] = []
@@ -375,7 +393,11 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
             row["seconds"] = time.perf_counter() - t0
             ctx.history.append(row)
             if epoch >= select_start:
-                kept.append({"epoch": epoch + 1, "val_acc": val, **rec})
+                # the parameters behind this epoch's path: the resize lever re-decodes them
+                params = {"beta": net.beta.detach().cpu().tolist(),
+                          "alpha_head": net.alpha_head.detach().cpu().tolist(),
+                          "alpha_stack": net.alpha_stack.detach().cpu().tolist()}
+                kept.append({"epoch": epoch + 1, "val_acc": val, **rec, "params": params})
                 kept.sort(key=lambda k: (-k["val_acc"], -k["epoch"]))
                 del kept[cfg.top_k:]
             if bar is not None:
@@ -394,4 +416,7 @@ def run_search(net: DenseNASSupernet, cfg: DenseNASConfig, ctx) -> Searcher:
             bar.close()
         net.to(memory_format=torch.contiguous_format)
     net.eval()
-    return kept
+    # the latency model may have been refitted on measurements meanwhile: the decision's levers
+    # estimate with its latest costs
+    table, unit = cost_table(layout, ctx.latency_model, cfg.skip_cost_fraction)
+    return Searched(kept, table, unit)

@@ -11,8 +11,10 @@ and λ together with an ℓ1 penalty on λ. The penalty is applied by a proximal
 step, so unneeded edges reach exactly zero; those edges are removed, then ops left with no live
 input or no live consumer are removed in turn, and the architecture is simply what survives. It
 is structured sparsity (edge- and op-level pruning of an over-complete network, in the spirit of
-Sparse Structure Selection), with the FLOPs of what each edge feeds weighting its penalty so that
-costly parts are pruned first.
+Sparse Structure Selection), with each block's penalty weighted by the share of its FLOPs still
+alive (the paper's adaptive FLOPs). The budget acts on the derivation: a decided architecture
+estimated over the budget continues along its ℓ1 path (surviving edges, weakest per MAC first)
+until it fits, and the same path is what its ``resize`` and ``sparser`` levers move along.
 
 Modules: ``config`` (options and validation), ``space`` (layout, supernet, edge costs), ``prox``
 (APG-NAG), ``search`` (pre-train and alternating search loop), ``derive`` (closure and the

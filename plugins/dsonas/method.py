@@ -4,48 +4,39 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from nas2deploy.architecture import Architecture, fingerprint
+from nas2deploy.counting import count_macs
 from nas2deploy.errors import UsageError
 from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.netspec import build_network
 from nas2deploy.space import SearchSpace
 
 from .config import DSONASConfig
 from .derive import derive, uniform_lambdas
 from .search import run_search
-from .space import DSONASSupernet
+from .space import DSONASSupernet, NormalBlock, edge_costs
 
 
-# Share of the alive normal-block edges that each sparser level removes (cumulative).
-PRUNE_STEP = 0.25
+# Each sparser level aims the estimated latency at this fraction of the previous level's aim
+# (level k: LEVEL_STEP**k of the decided architecture's estimate): a step the closed loop's
+# width rounds can still fine-tune, small enough not to overshoot the budget by much.
+LEVEL_STEP = 0.85
 
 
-def _normal_values(lam: list[Any]) -> list[float]:
-    out: list[float] = []
+@dataclass
+class Searched:
+    """What the search hands ``decide``: the latency model it estimated with (None: MACs) and
+    the point it aimed at (``aim`` × ``budget_ms``; None: no budget)."""
 
-    def walk(x: Any) -> None:
-        if isinstance(x, (list, tuple)):
-            for item in x:
-                walk(item)
-        else:
-            out.append(float(x))
-
-    for entry in lam:
-        if isinstance(entry, tuple):  # a normal block: (lam_in per level, lam_out)
-            walk(entry)
-    return out
-
-
-def _zero_below(x: Any, cut: float) -> Any:
-    if isinstance(x, tuple):
-        return tuple(_zero_below(i, cut) for i in x)
-    if isinstance(x, list):
-        return [_zero_below(i, cut) for i in x]
-    return 0.0 if abs(x) <= cut else x
+    latency_model: Any = None
+    budget_ms: float | None = None
+    aim: float = 0.95
 
 
 class DSONAS(SearchMethod):
@@ -82,7 +73,8 @@ class DSONAS(SearchMethod):
         return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
                            smallest=lambda: self._smallest(net),
                            sample=lambda rng: self._sample(net, rng),
-                           inherit=lambda arch: self._inherit(net, arch))
+                           inherit=lambda arch: self._inherit(net, arch),
+                           share=lambda arch: self._inherit(net, arch, live=True))
 
     def _describe(self, net: DSONASSupernet) -> dict[str, Any]:
         task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
@@ -123,24 +115,50 @@ class DSONAS(SearchMethod):
 
     # --- search and decision -------------------------------------------------------------
 
-    def search(self, supernet: nn.Module, ctx: SearchContext) -> None:
+    def search(self, supernet: nn.Module, ctx: SearchContext) -> Searched:
         run_search(self, self._check(supernet), ctx)
-        return None  # decide reads λ off the supernet: nothing else to hand on
+        # λ themselves are read off the supernet
+        return Searched(ctx.latency_model, ctx.budget_ms, float(getattr(ctx, "aim", 0.95)))
 
     def decide(self, supernet: nn.Module, searched: Any = None) -> Decision:
-        """The surviving edges, their weights, and a ``sparser`` lever that continues the ℓ1 path
-        by thresholding a snapshot of λ."""
+        """The surviving edges and their weights, with ``resize`` and ``sparser`` levers that
+        move along the ℓ1 path (a cost-weighted threshold on a snapshot of λ) by the latency
+        estimate. With ``land_on_budget`` and a search that had a budget and a latency model,
+        an architecture estimated over ``aim`` × budget is first taken along that path to it."""
         net = self._check(supernet)
         arch = self.decided(net)
         weights = self._inherit(net, arch)
-        lever = _Sparser(self, net, net.lambda_values(), weights)
-        return Decision(arch, weights, sparser=lever)
+        s = searched if isinstance(searched, Searched) else Searched()
+        path = _Sparser(self, net, net.lambda_values(), weights, s.latency_model)
+        if not (self.config.land_on_budget and s.budget_ms and s.latency_model is not None
+                and path.order):
+            return Decision(arch, weights, resize=path.resize(0) if path.order else None,
+                            sparser=path)
+        aim = s.aim * s.budget_ms
+        est = path._at(0)[2]
+        if est <= aim:
+            return Decision(arch, weights, resize=path.resize(0), sparser=path)
+        path.start = path.first_under(aim)
+        return path.decision(path.start, f"landed on {s.aim:g} x the budget from x{est / aim:.3f}")
+
+    def edge_costs(self, net: DSONASSupernet) -> list[torch.Tensor]:
+        """MACs per edge (``space.edge_costs``): a function of the space alone, counted once."""
+        key = self._describe(net)["fingerprint"]
+        cache = self.__dict__.setdefault("_edge_costs", {})
+        if key not in cache:
+            cache[key] = edge_costs(net)
+        return cache[key]
 
     def decided(self, net: DSONASSupernet) -> Architecture:
         """The architecture λ decides now (what ``decide`` returns, without its weights)."""
         return self._arch(net, net.lambda_values(), keep_scales=self.config.keep_scales)
 
-    def _inherit(self, net: DSONASSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
+    def _inherit(self, net: DSONASSupernet, arch: Architecture,
+                 live: bool = False) -> dict[str, torch.Tensor]:
+        """Each derived node's weights from its supernet module: copies, or (``live``, for
+        ``share``) the supernet's own tensors. λ are not among them: the derived net holds the
+        surviving λ as constant coefficients of its sums (``keep_scales``), so a shared subnet
+        computes what the inherited one does, and trains the weights, not λ."""
         self.space(net).check(arch, "dsonas")
         modules = net.node_modules()
         out: dict[str, torch.Tensor] = {}
@@ -151,8 +169,8 @@ class DSONAS(SearchMethod):
             if getattr(mod, "op", None) != node["op"]:
                 raise UsageError(f"dsonas: node {node['id']!r} is a {node['op']!r} in the architecture "
                                  f"but a {getattr(mod, 'op', '?')!r} in the supernet")
-            for key, tensor in mod.state_dict().items():
-                out[f"nodes.{node['id']}.{key}"] = tensor.detach().cpu().clone()
+            for key, tensor in mod.state_dict(keep_vars=live).items():
+                out[f"nodes.{node['id']}.{key}"] = tensor if live else tensor.detach().cpu().clone()
         return out
 
     # --- helpers -------------------------------------------------------------------------
@@ -174,34 +192,147 @@ class DSONAS(SearchMethod):
 
 
 class _Sparser:
-    """DSO-NAS's ``sparser`` lever: the decided λ with the weakest ``PRUNE_STEP * level`` of the
-    alive normal-block edges (by |λ|) zeroed as well, the ℓ1 path continued by thresholding, in
-    the order more proximal steps would have removed them. Reduction units are left as decided.
-    Levels count from the search's decision. It owns a snapshot of λ and of the decided weights:
-    a sparser architecture keeps a subset of the decided nodes."""
+    """DSO-NAS's ℓ1 path past the search: the surviving normal-block edges ranked weakest first
+    and removed in that order, the count bisected on the latency estimate (reduction units are
+    left as decided). The ``sparser`` lever (this object): level k removes the fewest edges
+    that bring the estimate to at most LEVEL_STEP**k of the decision's. The ``resize`` levers
+    (``resize(k)``): the count whose estimate is nearest ``factor`` × the current one, edges
+    restored when growing. ``decide`` lands on the budget along the same path.
+
+    "Weakest" compares λ only where λ are comparable: within one BN group (the input edges of
+    one op, or the output edges of one block; scaling a whole group leaves the net's function
+    unchanged, pitfall 1), so each λ is taken relative to its group's largest, then divided by
+    its edge's MACs relative to the costliest edge: at equal relative strength a costlier edge
+    goes first, as the cost-weighted γ would have removed it. The estimate is the search's
+    latency model, or MACs without one. The lever owns a snapshot of λ, of the edge costs and
+    of the decided weights (a sparser architecture keeps a subset of the decided nodes)."""
 
     def __init__(self, method: DSONAS, net: DSONASSupernet, lam: list[Any],
-                 weights: dict[str, torch.Tensor]):
+                 weights: dict[str, torch.Tensor], latency_model: Any = None):
         self.method, self.lam, self.weights = method, lam, weights
+        self.start = 0  # edges the decision itself removed (its landing on the budget)
         self.cfg, self.task, self.seed = net.cfg, net.task, net.seed
         self.description = method._describe(net)
+        self.latency_model = latency_model
+        self.order = self._order(method.edge_costs(net), net, lam)
+        self.cache: dict[int, tuple[dict[str, Any], dict[str, Any], float]] = {}
+        self.removed: dict[int, int] = {}  # level -> edges removed
+
+    @staticmethod
+    def _order(edge_costs: list[torch.Tensor], net: DSONASSupernet, lam: list[Any]) -> list[tuple]:
+        """The alive normal-block edges, weakest first: (unit, level, op, column) for an input
+        edge, (unit, "out", level, op) for an output edge."""
+        costs = iter(edge_costs)
+        scored: list[tuple[float, tuple]] = []
+        flat: list[tuple[float, float, tuple, Any]] = []
+        for u, (unit, values) in enumerate(zip(net.units, lam)):
+            tensors = [next(costs) for _ in unit.arch_parameters()]
+            if not isinstance(unit, NormalBlock):
+                continue
+            lam_in, lam_out = values
+            for m, rows in enumerate(lam_in):
+                for n, row in enumerate(rows):
+                    for j, v in enumerate(row):
+                        flat.append((abs(v), float(tensors[m][n, j]), (u, m, n, j), (u, "in", m, n)))
+            for m, row in enumerate(lam_out):
+                for n, v in enumerate(row):
+                    flat.append((abs(v), float(tensors[-1][m, n]), (u, "out", m, n), (u, "out")))
+        top: dict[Any, float] = {}
+        for v, _, _, group in flat:
+            top[group] = max(top.get(group, 0.0), v)
+        dearest = max((c for _, c, _, _ in flat), default=1.0) or 1.0
+        for v, c, where, group in flat:
+            if v != 0:
+                scored.append(((v / top[group]) / max(c / dearest, 1e-12), where))
+        return [where for _, where in sorted(scored, key=lambda t: t[0])]  # ties: stable
+
+    def _lam(self, k: int) -> list[Any]:
+        """The decided λ with the ``k`` weakest edges zeroed."""
+        lam = [([[list(r) for r in level] for level in e[0]], [list(r) for r in e[1]])
+               if isinstance(e, tuple) else list(e) for e in self.lam]
+        for u, a, b, c in self.order[:k]:
+            if a == "out":
+                lam[u][1][b][c] = 0.0
+            else:
+                lam[u][0][a][b][c] = 0.0
+        return lam
+
+    def _at(self, k: int) -> tuple[dict[str, Any], dict[str, Any], float]:
+        if k not in self.cache:
+            network, decisions = derive(self.cfg, self.task, self._lam(k),
+                                        keep_scales=self.method.config.keep_scales)
+            self.cache[k] = (network, decisions, self.estimate(network))
+        return self.cache[k]
+
+    def estimate(self, network: dict[str, Any]) -> float:
+        if self.latency_model is not None:
+            return float(self.latency_model.predict(network))
+        net = build_network(network)
+        return float(count_macs(net, net.example_input(1)))
+
+    def first_under(self, aim: float, lo: int = 0) -> int:
+        """The fewest edges (at least ``lo``) whose removal brings the estimate to at most
+        ``aim``; all of them where none does. Bisection: the estimate is non-increasing in the
+        edges removed."""
+        n = len(self.order)
+        if self._at(n)[2] > aim:
+            return n
+        hi = n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._at(mid)[2] <= aim:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _removed(self, level: int) -> int:
+        """Edges level ``level`` removes (level 0: the decision's own)."""
+        if level < 1:
+            return self.start
+        return self.first_under(self._at(self.start)[2] * LEVEL_STEP ** level, self.start)
 
     def __call__(self, level: int) -> Decision | None:
-        alive = sorted(abs(v) for v in _normal_values(self.lam) if v != 0)
-        if not alive or level < 1:
+        n = len(self.order)
+        if n == self.start or level < 1:
             return None
-        k = min(len(alive), math.ceil(len(alive) * PRUNE_STEP * level))
-        if level > 1 and k == min(len(alive), math.ceil(len(alive) * PRUNE_STEP * (level - 1))):
-            return None
-        cut = alive[k - 1]
-        sparser = [_zero_below(entry, cut) if isinstance(entry, tuple) else entry
-                   for entry in self.lam]
-        network, decisions = derive(self.cfg, self.task, sparser,
-                                    keep_scales=self.method.config.keep_scales)
-        decisions["note"] = (f"decided, then the weakest {k} of {len(alive)} alive normal-block "
-                             f"edges removed (|λ| <= {cut:.4g}): sparser level {level}")
+        self.cache.clear()  # the latency model may have been refitted since the last call
+        k = self._removed(level)
+        if k == n and self._removed(level - 1) == n:
+            return None  # every edge went at the level before: nothing more to remove
+        self.removed[level] = k
+        base = self._at(self.start)[2]
+        note = (f"sparser level {level}: aim x{LEVEL_STEP ** level:.3f} of the decided estimate, "
+                f"x{self._at(k)[2] / base:.3f} reached")
+        return self.decision(k, note)
+
+    def resize(self, k_now: int):
+        """The ``resize`` lever of the decision that removed ``k_now`` edges: the number of
+        edges removed whose estimate is nearest ``factor`` × its own (restoring edges, back to
+        the search's decision, when growing)."""
+        def resize(factor: float) -> Decision | None:
+            if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+                raise UsageError(f"dsonas: resize factor must be a number > 0, not {factor!r}")
+            self.cache.clear()
+            now = self._at(k_now)[2]
+            aim = factor * now
+            k = self.first_under(aim)
+            if k > 0 and abs(math.log(self._at(k - 1)[2] / aim)) < abs(math.log(self._at(k)[2] / aim)):
+                k -= 1
+            if k == k_now or self._at(k)[0] == self._at(k_now)[0]:
+                return None
+            return self.decision(k, f"re-landed at x{factor:.3f} of its estimate: "
+                                    f"x{self._at(k)[2] / now:.3f}")
+        return resize
+
+    def decision(self, k: int, note: str) -> Decision:
+        network, decisions, est = self._at(k)
+        n = len(self.order)
+        decisions = {**decisions, "removed_edges": k, "estimate": est,
+                     "note": (f"decided, then the {k} weakest of {n} alive normal-block edges "
+                              f"removed (λ relative to its BN group, per MAC); {note}")}
         arch = Architecture(method="dsonas", network=network, space=self.description,
                             decisions=decisions, seed=self.seed)
-        kept = tuple(f"nodes.{n['id']}." for n in arch.network["nodes"])
-        weights = {k: v for k, v in self.weights.items() if k.startswith(kept)}
-        return Decision(arch, weights, sparser=self)
+        kept = tuple(f"nodes.{node['id']}." for node in arch.network["nodes"])
+        weights = {key: v for key, v in self.weights.items() if key.startswith(kept)}
+        return Decision(arch, weights, resize=self.resize(k), sparser=self)

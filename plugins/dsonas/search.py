@@ -22,7 +22,7 @@ from nas2deploy.train import accuracy, split_epochs
 from .config import DSONASConfig
 from .derive import alive_masks, zero_dead_edges
 from .prox import APGNAG
-from .space import DSONASSupernet, edge_costs
+from .space import DSONASSupernet, NormalBlock, edge_costs
 
 
 class Searcher:
@@ -40,7 +40,7 @@ class Searcher:
         self.w_opt = torch.optim.SGD(self.w_params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                      weight_decay=cfg.weight_decay)
         self.a_opt = APGNAG(self.a_params, cfg.arch_lr, cfg.arch_momentum, grad_clip=cfg.grad_clip)
-        costs = edge_costs(supernet) if cfg.adaptive_cost == "flops" else None
+        costs = edge_costs(supernet) if cfg.adaptive_cost != "none" else None
         # MACs per edge on the CPU (read as Python floats against the CPU alive masks) and on
         # λ's device (the γ tensors of the proximal step); one list on a CPU search.
         self.costs_cpu = costs
@@ -51,6 +51,8 @@ class Searcher:
         self.a_scale = LossScale(self.compute)
         # 0 where an edge was removed for good at a rebuild; it then stays at exactly 0.
         self.masks = [torch.ones_like(p) for p in self.a_params]
+        # γ's multiplier from the budget (``budget_pressure``), set by the loop every epoch
+        self.pressure = 1.0
         self.w_steps = 0
         self.arch_steps = 0
 
@@ -79,13 +81,18 @@ class Searcher:
         return float(loss.detach())
 
     def gammas(self) -> list[torch.Tensor] | float:
-        """ℓ1 weight per edge. With adaptive cost "flops": γ_e = γ·MACs_e / max MACs over the
-        edges alive now (after the dead-op closure), recomputed at every λ step, so pruning the
-        costliest edges raises the relative pressure on what is left. Otherwise γ for all."""
-        gamma = self.cfg.gamma
+        """ℓ1 weight per edge (times ``pressure``), recomputed at every λ step from what is
+        alive after the dead-op closure. "flops" (DSO-NAS, Zhang et al. 2018, budget-aware
+        γ: adaptive FLOPs): every edge of a block gets γ·FLOPs_b^t / FLOPs_b, so pruning a
+        block's costly parts lowers the pressure on what survives there. "mac": γ·MACs_e / the
+        costliest alive edge's MACs. "none": γ for all."""
+        gamma = self.cfg.gamma * self.pressure
         if self.costs is None:
             return gamma
         alive = alive_masks(self.net)  # on the CPU
+        if self.cfg.adaptive_cost == "flops":
+            return [torch.full_like(c, gamma * share) for c, share in
+                    zip(self.costs, block_shares(self.net, self.costs_cpu, alive))]
         top = max(float((c * a).max()) for c, a in zip(self.costs_cpu, alive))
         if top <= 0:
             top = max(float(c.max()) for c in self.costs_cpu)
@@ -130,6 +137,28 @@ class Searcher:
         for v, m in zip(self.a_opt.velocity, self.masks):
             v.mul_(m)
         return n
+
+
+def block_shares(net: DSONASSupernet, costs: list[torch.Tensor],
+                 alive: list[torch.Tensor]) -> list[float]:
+    """Per λ tensor (``arch_parameters()`` order): the share of its unit's FLOPs still alive,
+    FLOPs_b^t / FLOPs_b. A normal block's FLOPs are its ops (each once, alive while any of its
+    input edges is) and its output 1×1 convs; a reduction's, its two branches. ``costs`` from
+    ``edge_costs``, ``alive`` from ``alive_masks``."""
+    shares: list[float] = []
+    k = 0
+    for unit in net.units:
+        n = len(unit.arch_parameters())
+        c, a = costs[k:k + n], alive[k:k + n]
+        if isinstance(unit, NormalBlock):
+            full = sum(float(ci[:, 0].sum()) for ci in c[:-1]) + float(c[-1].sum())
+            now = (sum(float((ci[:, 0] * (ai.sum(1) > 0)).sum()) for ci, ai in zip(c[:-1], a[:-1]))
+                   + float((c[-1] * a[-1]).sum()))
+        else:
+            full, now = float(c[0].sum()), float((c[0] * a[0]).sum())
+        shares += [now / full if full > 0 else 1.0] * n
+        k += n
+    return shares
 
 
 @torch.no_grad()
@@ -195,8 +224,14 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
         data.load_state(state["data"])
         search_w_steps = state["search_w_steps"]
 
+    aim_ms = (float(getattr(ctx, "aim", 0.95)) * ctx.budget_ms
+              if cfg.budget_pressure and ctx.budget_ms and ctx.latency_model is not None else None)
     for epoch in range(first, n_pre + n_search):
         phase = "pretrain" if epoch < n_pre else "search"
+        if phase == "search" and aim_ms is not None:
+            # from the supernet as it stands (a resumed search computes the same)
+            est = float(ctx.latency_model.predict(method.decided(supernet).network))
+            searcher.pressure = min(4.0, max(0.25, est / aim_ms))
         batches = data.epoch("weights", bs, gen_w)
         bar = ctx.progress(total=data.n_batches("weights", bs),
                            desc=f"dsonas {phase} {epoch + 1}/{n_pre + n_search}") \
@@ -233,6 +268,7 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
             }
             if a_losses:
                 row["arch_loss"] = sum(a_losses) / len(a_losses)
+                row["gamma_scale"] = searcher.pressure
             if zeroed:
                 row["dead_zeroed"] = zeroed
             if ctx.latency_model is not None:
