@@ -146,15 +146,47 @@ class MBConv(nn.Module):
 
 
 class Sum(nn.Module):
-    """Sum of the inputs, each optionally scaled by a constant coefficient."""
+    """Sum of the inputs, each optionally scaled by a constant coefficient.
+
+    ``drop_path`` (ScheduledDropPath, Zoph et al. 2018): per input, the drop probability reached
+    at the end of training. In training mode each input is zeroed per sample with probability
+    ``drop_path[i] · progress`` (kept ones scaled by 1 / keep, so the expectation is unchanged),
+    ``progress`` in [0, 1] being what ``schedule`` was last told (0 until then: an unscheduled
+    net trains as a plain sum). In eval mode, and without ``drop_path``, it is a plain sum, so
+    exporters and latency tables see only the adds.
+    """
 
     op = "sum"
 
-    def __init__(self, coeffs: list[float] | None = None):
+    def __init__(self, coeffs: list[float] | None = None, drop_path: list[float] | None = None):
         super().__init__()
         self.coeffs = None if coeffs is None else [float(c) for c in coeffs]
+        self.drop_path = None if drop_path is None else [float(p) for p in drop_path]
+        if self.drop_path is not None and not all(0.0 <= p < 1.0 for p in self.drop_path):
+            raise ValueError(f"drop_path probabilities must be in [0, 1), not {self.drop_path}")
+        self.progress = 0.0
+
+    def schedule(self, fraction: float) -> None:
+        """The training progress in [0, 1] (``nas2deploy.train.fit`` tells it every step)."""
+        self.progress = min(max(float(fraction), 0.0), 1.0)
+
+    def _dropped(self, xs):
+        if len(self.drop_path) != len(xs):
+            raise RuntimeError(f"sum has {len(self.drop_path)} drop_path probabilities for "
+                               f"{len(xs)} inputs")
+        out = []
+        for p_max, x in zip(self.drop_path, xs):
+            keep = 1.0 - p_max * self.progress
+            if keep < 1.0:
+                shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+                mask = (torch.rand(shape, device=x.device) < keep).to(x.dtype)
+                x = x * mask / keep
+            out.append(x)
+        return out
 
     def forward(self, *xs):
+        if self.drop_path is not None and self.training:
+            xs = self._dropped(xs)
         if self.coeffs is None:
             out = xs[0]
             for x in xs[1:]:
@@ -168,7 +200,10 @@ class Sum(nn.Module):
         return out
 
     def spec(self) -> dict[str, Any]:
-        return {} if self.coeffs is None else {"coeffs": list(self.coeffs)}
+        out: dict[str, Any] = {} if self.coeffs is None else {"coeffs": list(self.coeffs)}
+        if self.drop_path is not None:
+            out["drop_path"] = list(self.drop_path)
+        return out
 
 
 class BNAct(nn.Module):

@@ -174,6 +174,11 @@ def _check_param(nid: str, name: str, v: Any) -> None:
         if v is not None and not (isinstance(v, list) and all(_is_num(c) for c in v)):
             raise SpecError(f"node {nid!r}: coeffs must be a list of finite numbers, not "
                             f"{_show(v)}")
+    elif name == "drop_path":
+        if v is not None and not (isinstance(v, list) and all(_is_num(q) and 0 <= q < 1
+                                                                for q in v)):
+            raise SpecError(f"node {nid!r}: drop_path must be a list of probabilities in [0, 1), "
+                            f"not {_show(v)}")
     else:  # an op gained a parameter this check does not know: refuse rather than pass it on
         raise SpecError(f"node {nid!r}: parameter {name!r} has no bounds check")
 
@@ -312,6 +317,9 @@ def _out_shape(nid: str, op: str, p: dict[str, Any], ins: list[tuple[int, ...]])
                             f"{', '.join('x'.join(map(str, s)) for s in ins)}")
         if p["coeffs"] is not None and len(p["coeffs"]) != len(ins):
             raise SpecError(f"node {nid!r}: {len(p['coeffs'])} coeffs for {len(ins)} inputs")
+        if p["drop_path"] is not None and len(p["drop_path"]) != len(ins):
+            raise SpecError(f"node {nid!r}: {len(p['drop_path'])} drop_path probabilities for "
+                            f"{len(ins)} inputs")
         return ins[0]
     if len(ins) != 1:
         raise SpecError(f"node {nid!r} ({op}) takes one input, not {len(ins)}")

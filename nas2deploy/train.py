@@ -110,6 +110,11 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
 
     One history row per epoch: {"epoch", "phase", "loss", "train_acc", "val_acc",
     "images_per_s"}.
+
+    Every module of ``model`` with a ``schedule(fraction)`` method (``ops.Sum`` with drop path)
+    is told the training progress, step / steps in [0, 1), before each step; the fraction is
+    derived from the epoch and the batch index, so a resumed fit schedules exactly as an
+    uninterrupted one.
     """
     if epochs <= 0:
         return 0.0
@@ -122,6 +127,8 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
     scaler = compute.scaler() if compute is not None else None
     rows: list[dict[str, Any]] = []
     start = 0
+    scheduled = [m for m in model.modules() if callable(getattr(m, "schedule", None))]
+    per_epoch = steps // epochs
     loaded = checkpoints.load(log) if checkpoints is not None else None
     if loaded is not None:
         start, state = loaded
@@ -148,7 +155,9 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
             trained.train()
             total, correct, loss_sum = 0, 0, 0.0
             t_epoch = time.perf_counter()
-            for xb, yb in data.epoch(split, batch_size, gen, drop_single=False):
+            for i, (xb, yb) in enumerate(data.epoch(split, batch_size, gen, drop_single=False)):
+                for m in scheduled:
+                    m.schedule(min((epoch * per_epoch + i) / steps, 1.0))
                 with autocast():
                     out = trained(xb)
                     loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)

@@ -103,6 +103,38 @@ def test_supernet_and_materialized_child_compute_the_same_function():
             torch.testing.assert_close(sub(x), net(x, child), rtol=0, atol=0)
 
 
+def test_shared_weights_are_the_supernets_live_tensors():
+    """``share``: functional_call on the materialized net with the supernet's live tensors
+    computes what the net loaded with ``inherit`` computes, and its gradients reach the
+    supernet's parameters."""
+    from torch.func import functional_call
+
+    method, net = tiny(nodes=5, pool_layers=[1, 3])
+    space = method.space(net)
+    assert "share" in space.capabilities
+    net.train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(8, 1, 16, 16), child_of(net, net.controller(gen)))
+    arch = space.draw(random.Random(2))
+    sub = materialize(arch)
+    shared = space.shared(arch)
+    assert set(shared) == set(sub.state_dict())
+    live = {id(t) for t in net.state_dict(keep_vars=True).values()}
+    assert all(id(t) in live for t in shared.values())
+    x = torch.randn(3, 1, 16, 16)
+    loaded = materialize(arch, space.weights(arch)).eval()
+    sub.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(functional_call(sub, shared, (x,)), loaded(x), rtol=0, atol=0)
+    net.zero_grad(set_to_none=True)
+    sub.train()
+    functional_call(sub, shared, (x,)).sum().backward()
+    params = [t for t in shared.values() if t.requires_grad]
+    assert params and all(t.grad is not None for t in params)
+
+
 # --- 2. REINFORCE: a bandit is learnt; the baseline lowers the gradient variance -----------------
 
 def test_reinforce_bandit_learns_the_rewarded_op_within_500_updates():
@@ -284,7 +316,8 @@ def test_search_records_history_and_decide_is_deterministic_and_leaves_the_super
     ({"ops": []}, "ops"),
     ({"pool_layers": [5]}, "pool_layers"),
     ({"pool_layers": [2, 1]}, "pool_layers"),
-    ({"space": "micro"}, "micro"),
+    ({"space": "nano"}, "space"),
+    ({"stem_stride": 3}, "stem_stride"),
     ({"nodes": 0}, "nodes"),
     ({"skip_target": 1.0}, "skip_target"),
     ({"baseline_decay": 1.0}, "baseline_decay"),

@@ -15,17 +15,24 @@ unchosen op and every untaken skip edge (with the reductions only it used) is re
 With a latency budget the controller's reward is the MnasNet reward
 ``ACC · (LAT/T)^w`` (``nas2deploy.objectives.mnas_reward``) on the latency model's estimate.
 
-Modules: ``config`` (options and defaults), ``controller`` (the LSTM controller, the baseline
-and the REINFORCE loss), ``space`` (the macro chain, its netspec and the shared-weight supernet),
-``search`` (alternating training, rewards, derivation), ``method`` (the ``ENAS`` plugin class).
-Only the macro space is implemented; the micro (NASNet cell) space is not yet.
+The micro space (``space = "micro"``) is ENAS's NASNet-style cells: a normal and a reduction
+cell, each of B compute nodes adding two ops on two earlier nodes. Its supernet holds one module
+per (cell, node, input slot, op); the controller samples both cells node by node; the decision
+keeps, per node, two inputs and two ops, and removes every other op and edge of the cell.
+
+Modules: ``config`` (options and defaults), ``controller`` (the LSTM controllers, the baseline
+and the REINFORCE loss), ``space`` (the macro chain, its netspec and the shared-weight
+supernet), ``cells`` (the micro space, likewise), ``search`` (alternating training, rewards,
+derivation), ``method`` (the ``ENAS`` plugin class).
 """
 
-from .config import OPS, ENASConfig
-from .controller import Baseline, Controller, Reinforce, Sample, reinforce_loss
+from .cells import Cells, CellSupernet
+from .config import CELL_OPS, OPS, ENASConfig
+from .controller import (Baseline, CellController, CellSample, Controller, Reinforce, Sample,
+                         reinforce_loss)
 from .method import ENAS
 from .space import Child, Layout, MacroSupernet, netspec
 
-__all__ = ["ENAS", "ENASConfig", "OPS", "Baseline", "Controller", "Reinforce", "Sample",
-           "reinforce_loss",
+__all__ = ["ENAS", "ENASConfig", "OPS", "CELL_OPS", "Baseline", "Controller", "Reinforce",
+           "Sample", "reinforce_loss", "CellController", "CellSample", "Cells", "CellSupernet",
            "Child", "Layout", "MacroSupernet", "netspec"]

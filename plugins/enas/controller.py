@@ -190,3 +190,118 @@ def reinforce_loss(samples: list[Sample], rewards: list[float], baseline: float 
     terms = [-(r - b) * s.log_prob - entropy_weight * s.entropy + skip_weight * s.skip_kl
              for s, r in zip(samples, rewards)]
     return torch.stack(terms).mean()
+
+
+@dataclass
+class CellSample:
+    """One sampled (or scored) pair of micro cells: per cell type, per compute node
+    ``[input a, op a, input b, op b]`` (indices into the cell's nodes and the cell ops), and the
+    differentiable sums of log-probability and entropy. ``skip_kl`` is zero: the micro space
+    has no skip penalty; with it, ``Reinforce`` and ``reinforce_loss`` take either sample."""
+
+    normal: list[list[int]]
+    reduce: list[list[int]]
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    skip_kl: torch.Tensor
+    op_probs: list[list[float]] = field(default_factory=list)  # per op decision, detached
+
+    @property
+    def skip_count(self) -> int:
+        return 0
+
+
+class CellController(nn.Module):
+    """ENAS's micro controller: the normal cell, then the reduction cell (the LSTM state carried
+    over), each sampled node by node. Per cell, the two input nodes take one LSTM step each
+    (their anchors are zeros, their attention keys ``W1 h``); per compute node, two index steps
+    (attention ``v · tanh(W1 h_j + W2 h)`` over the earlier nodes' keys; the chosen node's
+    anchor is the next input), two op steps (softmax over the cell ops; the op's embedding is
+    the next input) and one step whose output is the node's anchor. Every logit goes through the
+    temperature and tanh constant as in the macro controller.
+
+    ``op_bias``: the initial value of the op logits' learnable bias, per op. The authors'
+    micro controller starts its op bias at 10 on the two sep convs (``b_soft``), a prior
+    towards the costly ops that the search then prunes away; ``CellSupernet`` gives it the
+    same shape (see ``cells.SEP_PRIOR``)."""
+
+    def __init__(self, num_ops: int, blocks: int, cfg, op_bias: list[float] | None = None):
+        super().__init__()
+        h = cfg.lstm_size
+        self.num_ops, self.blocks = num_ops, blocks
+        self.temperature, self.tanh_constant = cfg.temperature, cfg.tanh_constant
+        self.lstm = nn.ModuleList(nn.LSTMCell(h, h) for _ in range(cfg.lstm_layers))
+        self.g_emb = nn.Parameter(torch.empty(1, h))
+        self.w_emb = nn.Embedding(num_ops, h)
+        self.w_soft = nn.Linear(h, num_ops, bias=True)
+        self.w_attn_1 = nn.Linear(h, h, bias=False)
+        self.w_attn_2 = nn.Linear(h, h, bias=False)
+        self.v_attn = nn.Linear(h, 1, bias=False)
+        for p in self.parameters():
+            nn.init.uniform_(p, -0.1, 0.1)
+        with torch.no_grad():
+            self.w_soft.bias.copy_(torch.tensor(op_bias or [0.0] * num_ops))
+
+    _squash = Controller._squash
+    _step = Controller._step
+
+    def _choose(self, logits, given, greedy, gen, acc):
+        logp = torch.log_softmax(logits, -1)
+        p = logp.exp()
+        if given is not None:
+            k = int(given)
+        elif greedy:
+            k = int(p.argmax())
+        else:
+            k = int(torch.multinomial(p.detach().cpu(), 1, generator=gen))
+        acc["log_prob"] = acc["log_prob"] + logp[k]
+        acc["entropy"] = acc["entropy"] - (p * logp).sum()
+        return k, p
+
+    def _cell(self, state, gen, given, greedy, acc, op_probs):
+        dev = self.g_emb.device
+        zeros = torch.zeros(1, self.g_emb.shape[1], device=dev)
+        x = self.g_emb
+        anchors, keys = [], []
+        for _ in range(2):
+            h, state = self._step(x, state)
+            anchors.append(zeros)
+            keys.append(self.w_attn_1(h))
+        arc: list[list[int]] = []
+        for j in range(self.blocks):
+            node = [0, 0, 0, 0]
+            for slot in range(2):
+                h, state = self._step(x, state)
+                q = self.v_attn(torch.tanh(torch.cat(keys, 0) + self.w_attn_2(h)))[:, 0]
+                k, _ = self._choose(self._squash(q), None if given is None else given[j][2 * slot],
+                                    greedy, gen, acc)
+                node[2 * slot] = k
+                x = anchors[k]
+            for slot in range(2):
+                h, state = self._step(x, state)
+                logits = self._squash(self.w_soft(h))[0]
+                k, p = self._choose(logits, None if given is None else given[j][2 * slot + 1],
+                                    greedy, gen, acc)
+                node[2 * slot + 1] = k
+                op_probs.append(p.detach().cpu().tolist())
+                x = self.w_emb(torch.tensor([k], device=dev))
+            h, state = self._step(x, state)
+            anchors.append(h)
+            keys.append(self.w_attn_1(h))
+            x = self.g_emb
+            arc.append(node)
+        return arc, state
+
+    def forward(self, gen: torch.Generator | None = None, normal: list[list[int]] | None = None,
+                reduce: list[list[int]] | None = None, greedy: bool = False) -> CellSample:
+        """Sample both cells with ``gen`` (a CPU generator), take the most likely ones
+        (``greedy``, decision by decision), or score given cells (teacher forcing)."""
+        dev = self.g_emb.device
+        zeros = torch.zeros(1, self.g_emb.shape[1], device=dev)
+        state = [(zeros, zeros) for _ in self.lstm]
+        acc = {"log_prob": torch.zeros((), device=dev), "entropy": torch.zeros((), device=dev)}
+        op_probs: list[list[float]] = []
+        arc_n, state = self._cell(state, gen, normal, greedy, acc, op_probs)
+        arc_r, state = self._cell(state, gen, reduce, greedy, acc, op_probs)
+        return CellSample(arc_n, arc_r, acc["log_prob"], acc["entropy"],
+                          torch.zeros((), device=dev), op_probs)

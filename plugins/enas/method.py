@@ -14,9 +14,12 @@ from nas2deploy.errors import UsageError
 from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.space import SearchSpace
 
+from .cells import Cells, CellSupernet
 from .config import ENASConfig
 from .search import Searched, child_of, derive, run_search
-from .space import Child, MacroSupernet, netspec
+from .space import Child, MacroSupernet
+
+Supernet = MacroSupernet | CellSupernet
 
 
 class ENAS(SearchMethod):
@@ -46,43 +49,75 @@ class ENAS(SearchMethod):
 
     # --- space -----------------------------------------------------------------------------------
 
-    def build(self, task: TaskSpec) -> MacroSupernet:
+    def build(self, task: TaskSpec) -> Supernet:
         for name in ("input_channels", "input_size", "num_classes"):
             v = getattr(task, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UsageError(f"enas: task {name} must be a positive integer, not {v!r}")
+        if self.config.space == "micro":
+            return CellSupernet(self.config, task)
         return MacroSupernet(self.config, task)
 
     def space(self, supernet: nn.Module) -> SearchSpace:
         net = self._check(supernet)
         desc = self._describe(net)
+        if isinstance(net, CellSupernet):
+            layout = net.layout
+            largest = ("largest: costliest op in every slot, every node in the output sum",
+                       layout.extreme("largest"))
+            smallest = ("smallest: cheapest op in every slot, the nodes chained",
+                        layout.extreme("smallest"))
+            cover = [(f"latency-table cover: {c.normal[0][1]} everywhere, "
+                      f"{self._unused(c)} output nodes", c) for c in layout.cover()]
+        else:
+            largest = ("largest: costliest op, every skip", net.layout.extreme("largest"))
+            smallest = ("smallest: cheapest op, no skip", net.layout.extreme("smallest"))
+            cover = [(f"latency-table cover: {op} everywhere", net.layout.uniform(op))
+                     for op in net.layout.ops]
         return SearchSpace(desc,
-                           largest=lambda: self._arch(net, net.layout.extreme("largest"),
-                                                      note="largest: costliest op, every skip"),
-                           smallest=lambda: self._arch(net, net.layout.extreme("smallest"),
-                                                       note="smallest: cheapest op, no skip"),
-                           cover=lambda: [self._arch(net, net.layout.uniform(op),
-                                                     note=f"latency-table cover: {op} everywhere")
-                                          for op in net.layout.ops],
+                           largest=lambda: self._arch(net, largest[1], note=largest[0]),
+                           smallest=lambda: self._arch(net, smallest[1], note=smallest[0]),
+                           cover=lambda: [self._arch(net, c, note=note) for note, c in cover],
                            sample=lambda rng: self._sample(net, rng),
-                           inherit=lambda arch: self._inherit(net, arch))
+                           inherit=lambda arch: self._inherit(net, arch),
+                           share=lambda arch: self._inherit(net, arch, live=True))
 
-    def _describe(self, net: MacroSupernet) -> dict[str, Any]:
+    @staticmethod
+    def _unused(c: Cells) -> int:
+        used = {i for a, _, b, _ in c.normal for i in (a, b)}
+        return sum(1 for j in range(len(c.normal)) if 2 + j not in used)
+
+    def _describe(self, net: Supernet) -> dict[str, Any]:
         task = {"input_channels": net.task.input_channels, "input_size": net.task.input_size,
                 "num_classes": net.task.num_classes}
         space = net.cfg.space_dict()
+        fp = fingerprint({"method": "enas", **space, "task": task})
+        if isinstance(net, CellSupernet):
+            b, k = net.layout.b, len(net.layout.ops)
+            # per cell type: node j picks 2 of its 2 + j inputs and 2 ops (ordered slots)
+            per_cell = sum(2 * math.log10(2 + j) + 2 * math.log10(k) for j in range(b))
+            return {"name": "enas-micro", "fingerprint": fp, **space, "task": task,
+                    "stages": net.cfg.reductions + 1, "cell_count": net.layout.n_cells,
+                    "choice_points": {"OpChoice": 4 * b, "InputSet": 4 * b},
+                    "log10_architectures": round(2 * per_cell, 2)}
         n = net.layout.n
-        return {"name": "enas-macro", "fingerprint": fingerprint({"method": "enas", **space,
-                                                                   "task": task}),
+        return {"name": "enas-macro", "fingerprint": fp,
                 **space, "task": task, "stages": net.layout.n_stages,
                 "choice_points": {"OpChoice": n, "InputSet": max(n - 1, 0)},
                 "log10_architectures": round(n * math.log10(len(net.layout.ops))
                                              + n * (n - 1) / 2 * math.log10(2), 2)}
 
-    def _sample(self, net: MacroSupernet, rng: random.Random) -> Architecture:
-        """A uniform op per node and each skip with probability 1/2 (not the controller: the
-        supernet is not touched)."""
-        n, ops = net.layout.n, net.layout.ops
+    def _sample(self, net: Supernet, rng: random.Random) -> Architecture:
+        """Macro: a uniform op per node and each skip with probability 1/2. Micro: per node, two
+        uniform earlier nodes and two uniform ops. Not the controller: the supernet is not
+        touched."""
+        ops = net.layout.ops
+        if isinstance(net, CellSupernet):
+            def cell():
+                return [(rng.randrange(2 + j), rng.choice(ops), rng.randrange(2 + j),
+                         rng.choice(ops)) for j in range(net.layout.b)]
+            return self._arch(net, Cells.make(cell(), cell()), note="random sample")
+        n = net.layout.n
         child = Child.make([rng.choice(ops) for _ in range(n)],
                            [[rng.randrange(2) for _ in range(i)] for i in range(n)])
         return self._arch(net, child, note="random sample")
@@ -104,8 +139,8 @@ class ENAS(SearchMethod):
             return Decision(self._arch(net, child, note="the controller's most likely child"),
                             net.inherit(child))
         child, scored = derive(net, searched, self.config.derive_samples)
-        best = next(r for r in scored if r["ops"] == list(child.ops)
-                    and r["skips"] == [list(s) for s in child.skips])
+        key = child.to_dict()
+        best = next(r for r in scored if all(r[k] == v for k, v in key.items()))
         arch = self._arch(net, child)
         arch.seed = searched.seed
         arch.decisions.update({"val_acc": best["val_acc"], "score": best["score"],
@@ -115,28 +150,36 @@ class ENAS(SearchMethod):
             arch.metadata["predicted_ms"] = best["predicted_ms"]
         return Decision(arch, net.inherit(child))
 
-    def _inherit(self, net: MacroSupernet, arch: Architecture) -> dict[str, torch.Tensor]:
+    def _inherit(self, net: Supernet, arch: Architecture,
+                 live: bool = False) -> dict[str, torch.Tensor]:
         self.space(net).check(arch, "enas")
+        d = arch.decisions
         try:
-            child = Child.make(arch.decisions["ops"], arch.decisions["skips"])
+            if isinstance(net, CellSupernet):
+                child = Cells.make(d["normal"], d["reduce"])
+            else:
+                child = Child.make(d["ops"], d["skips"])
             net.layout.check(child)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"enas: the architecture's decisions are not a child of this "
                              f"space ({exc})") from None
-        return net.inherit(child)
+        return net.inherit(child, live=live)
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _arch(self, net: MacroSupernet, child: Child, note: str | None = None) -> Architecture:
-        dec: dict[str, Any] = {"space": "macro", **child.to_dict(), "skip_count": child.skip_count}
+    def _arch(self, net: Supernet, child: Child | Cells,
+              note: str | None = None) -> Architecture:
+        dec: dict[str, Any] = {"space": net.space_name, **child.to_dict()}
+        if isinstance(child, Child):
+            dec["skip_count"] = child.skip_count
         if note:
             dec["note"] = note
-        return Architecture(method=self.name, network=netspec(net.layout, child),
+        return Architecture(method=self.name, network=net.netspec(child),
                             space=self._describe(net), decisions=dec)
 
     @staticmethod
-    def _check(supernet: nn.Module) -> MacroSupernet:
-        if not isinstance(supernet, MacroSupernet):
+    def _check(supernet: nn.Module) -> Supernet:
+        if not isinstance(supernet, (MacroSupernet, CellSupernet)):
             raise UsageError(f"enas: expected the supernet ENAS.build() returns, not "
                              f"{type(supernet).__name__}")
         return supernet

@@ -18,13 +18,14 @@ from nas2deploy.method import SearchContext, SearchData
 from nas2deploy.objectives import mnas_reward
 
 from .config import reward_exponents
-from .controller import Reinforce, Sample
-from .space import Child, MacroSupernet, batch_statistics, netspec
+from .cells import Cells, CellSupernet
+from .controller import CellSample, Reinforce, Sample
+from .space import Child, MacroSupernet, batch_statistics
 
 
-def child_of(net: MacroSupernet, sample: Sample) -> Child:
-    ops = net.layout.ops
-    return Child.make([ops[o] for o in sample.ops], sample.skips)
+def child_of(net: MacroSupernet | CellSupernet, sample: Sample | CellSample) -> Child | Cells:
+    """The child a controller sample names, in the supernet's space."""
+    return net.child_of(sample)
 
 
 class Rewarder:
@@ -42,7 +43,7 @@ class Rewarder:
         if self.latency_model is None:
             return None
         if child not in self._ms:
-            self._ms[child] = float(self.latency_model.predict(netspec(self.net.layout, child)))
+            self._ms[child] = float(self.latency_model.predict(self.net.netspec(child)))
         return self._ms[child]
 
     def __call__(self, acc: float, child: Child) -> float:
@@ -50,6 +51,11 @@ class Rewarder:
             return acc
         lat = max(self.latency(child), 1e-9)  # a model's estimate can round to 0 on tiny nets
         return mnas_reward(acc, lat, self.budget_ms, *self.exps)
+
+    @property
+    def hard(self) -> bool:
+        """The hard MnasNet reward under a budget: the budget is a constraint."""
+        return self.exps is not None and self.net.cfg.reward == "hard"
 
     def describe(self) -> dict[str, Any]:
         if self.exps is None:
@@ -128,7 +134,7 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
     bar = ctx.progress(total=total, desc="enas search") if ctx.progress else None
     if bar is not None and first:
         bar.update(first * (per_epoch + cfg.controller_steps))
-    ctx.log(f"enas: {len(net.layout.ops)} ops x {net.layout.n} nodes, "
+    ctx.log(f"enas ({net.space_name}): {net.layout.summary()}, "
             f"{sum(p.numel() for p in params):,} shared weights; {rewarder.describe()}")
     try:
         for epoch in range(first, ctx.epochs):
@@ -181,8 +187,8 @@ def run_search(net: MacroSupernet, ctx: SearchContext) -> Searched:
             ctx.history.append(row)
             ctx.log(f"enas epoch {epoch}: loss {row['loss']:.3f}, greedy child val acc "
                     f"{row['val_acc']:.3f}, reward {row['reward']:.3f} (baseline "
-                    f"{row['baseline']:.3f}), entropy {row['entropy']:.2f}, "
-                    f"skips {row['skip_rate']:.2f}")
+                    f"{row['baseline']:.3f}), entropy {row['entropy']:.2f}"
+                    + (f", skips {row['skip_rate']:.2f}" if "skip_rate" in row else ""))
             if bar is not None:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_acc']:.3f}",
                                 reward=f"{row['reward']:.3f}")
@@ -216,14 +222,15 @@ def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, 
               baseline, compute: Compute | None = None) -> dict[str, Any]:
     with torch.no_grad():
         greedy = child_of(net, net.controller(greedy=True))
-    pairs = net.layout.n * (net.layout.n - 1) / 2
     row = {"epoch": epoch, "phase": "search", "loss": loss, "train_acc": train_acc,
            "val_acc": child_accuracy(net, greedy, data.ordered("val", 256), compute),
            "reward": _mean(rewards), "arch_acc": _mean(accs),
            "baseline": float("nan") if baseline is None else baseline,
            "entropy": _mean(ents),
-           "skip_rate": _mean(skips) / pairs if pairs else 0.0,
            "greedy": json.dumps(greedy.to_dict(), separators=(",", ":"))}
+    if net.space_name == "macro":
+        pairs = net.layout.n * (net.layout.n - 1) / 2
+        row["skip_rate"] = _mean(skips) / pairs if pairs else 0.0
     lat = rewarder.latency(greedy)
     if lat is not None:
         row["predicted_ms"] = lat
@@ -232,13 +239,18 @@ def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, 
 
 def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[dict[str, Any]]]:
     """Sample ``m`` children from the controller (seeded by the search's seed), score each on
-    the held-out split with the search's reward, keep the best (the first on ties). Reads the
+    the held-out split with the search's reward, keep the best (the first on ties). With the
+    hard reward the budget is a constraint here too: the best child whose estimate is within
+    it wins over any child above it (the best above it only when none is within). The reward
+    alone lets an over-budget child win on a higher accuracy of one held-out split, which on a
+    young supernet is mostly noise; the pipeline would then narrow it to fit. Reads the
     supernet, changes nothing. Runs where the supernet is (after a search on a GPU, the pipeline
     has moved it back to the CPU): the held-out batches are read onto its device."""
     gen = torch.Generator().manual_seed(searched.seed + 3)
     device = next(net.parameters()).device
     scored: list[dict[str, Any]] = []
-    best, best_score = None, -math.inf
+    best, best_key = None, (False, -math.inf)
+    hard = searched.rewarder.hard
     seen: dict[Child, float] = {}
     for _ in range(m):
         with torch.no_grad():
@@ -252,7 +264,10 @@ def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[
         lat = searched.rewarder.latency(child)
         if lat is not None:
             row["predicted_ms"] = lat
+        fits = True
+        if hard:
+            fits = row["within_budget"] = lat <= searched.rewarder.budget_ms
         scored.append(row)
-        if score > best_score:
-            best, best_score = child, score
+        if best is None or (fits, score) > best_key:
+            best, best_key = child, (fits, score)
     return best, scored

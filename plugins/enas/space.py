@@ -87,6 +87,9 @@ class Layout:
         op, bit = (order[0], 1) if which == "largest" else (order[-1], 0)
         return Child.make([op] * self.n, [[bit] * i for i in range(self.n)])
 
+    def summary(self) -> str:
+        return f"{len(self.ops)} ops x {self.n} nodes"
+
     def uniform(self, op: str) -> Child:
         """``op`` at every node with every skip: the cover net for ``op``."""
         return Child.make([op] * self.n, [[1] * i for i in range(self.n)])
@@ -102,7 +105,7 @@ def wiring(layout: Layout, child: Child) -> list[dict[str, Any]]:
     layout.check(child)
     task, c0 = layout.task, layout.width[0]
     nodes = [{"id": "stem", "op": "conv", "inputs": ["input"], "c_in": task.input_channels,
-              "c_out": c0, "k": 3, "stride": layout.cfg.stem_stride, "act": "relu",
+              "c_out": c0, "k": 3, "stride": layout.cfg.resolved_stem_stride(), "act": "relu",
               "key": ("fixed", "stem")}]
     made: set[tuple[int, int]] = set()
 
@@ -155,6 +158,8 @@ class MacroSupernet(nn.Module):
     """The shared supergraph: one module per (position, op) and per fixed position, and the
     controller (the architecture parameters)."""
 
+    space_name = "macro"
+
     def __init__(self, cfg: ENASConfig, task: TaskSpec):
         super().__init__()
         self.cfg, self.task = cfg, task
@@ -171,6 +176,13 @@ class MacroSupernet(nn.Module):
                 if key not in target:
                     target[key] = _module(n)
         self.controller = Controller(len(layout.ops), layout.n, cfg)
+
+    def child_of(self, sample) -> Child:
+        ops = self.layout.ops
+        return Child.make([ops[o] for o in sample.ops], sample.skips)
+
+    def netspec(self, child: Child) -> dict[str, Any]:
+        return netspec(self.layout, child)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.choices.parameters()
@@ -193,14 +205,15 @@ class MacroSupernet(nn.Module):
                 env[n["id"]] = self.module(n["key"])(*args)
         return env["head"]
 
-    def inherit(self, child: Child) -> dict[str, torch.Tensor]:
+    def inherit(self, child: Child, live: bool = False) -> dict[str, torch.Tensor]:
         """The supernet's tensors for ``child``, keyed by its materialized net's state_dict
-        names (``nodes.{id}.{param}``): copies, so the decision owns them."""
+        names (``nodes.{id}.{param}``): copies, so the decision owns them, or with ``live`` the
+        supernet's own parameters and buffers (``SearchSpace.share``)."""
         out: dict[str, torch.Tensor] = {}
         for n in wiring(self.layout, child):
             if n["key"] is not None:
-                for name, t in self.module(n["key"]).state_dict().items():
-                    out[f"nodes.{n['id']}.{name}"] = t.detach().clone().cpu()
+                for name, t in self.module(n["key"]).state_dict(keep_vars=live).items():
+                    out[f"nodes.{n['id']}.{name}"] = t if live else t.detach().clone().cpu()
         return out
 
 
