@@ -61,6 +61,12 @@ OPTIONS: dict[str, dict] = {
     "enas": {"nodes": 3, "width": 4, "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,
              "derive_samples": 2},
 }
+OPTIONS["mnasnet"] = {"stem_channels": 8, "blocks": [[1, 8, 1], [1, 8, 2], [1, 12, 2]],
+                      "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,
+                      "derive_samples": 2, "top_k": 1, "ops": ["conv", "mbconv3"], "kernels": [3]}
+OPTIONS["nasrl"] = {"layers": 3, "kernels": [1, 3], "filters": [4, 8], "stem_width": 4,
+                    "stem_stride": 1, "lstm_size": 16, "controller_steps": 4, "child_steps": 6,
+                    "child_batch": 16, "reward_images": 48}
 OPTIONS["random"] = {"space": "tfnas", "space_options": OPTIONS["tfnas"], "samples": 4,
                      "score_images": 32}
 
@@ -117,12 +123,27 @@ def method_entry(name: str, request):
     return entry
 
 
+def dead_nodes(spec: dict) -> list[str]:
+    """Nodes nothing on the way to the output reads: computed for nothing, counted by latency
+    models, and invisible to channel pruning (which traces from the output)."""
+    by_id = {n["id"]: n for n in spec["nodes"]}
+    live, todo = set(), [spec["output"]]
+    while todo:
+        nid = todo.pop()
+        if nid not in live and nid in by_id:
+            live.add(nid)
+            todo.extend(by_id[nid]["inputs"])
+    return [n["id"] for n in spec["nodes"] if n["id"] not in live]
+
+
 def check_runs(arch: Architecture, space: dict, x: torch.Tensor, weights=None) -> torch.nn.Module:
     """``arch`` is a valid network for TASK, from ``space``, that materializes and gives
     (N, classes) logits."""
     assert isinstance(arch, Architecture)
     assert arch.space.get("fingerprint") == space["fingerprint"], "architecture names another space"
     validate_spec(arch.network)
+    assert not dead_nodes(arch.network), \
+        f"nodes whose output never reaches the output: {dead_nodes(arch.network)}"
     assert arch.network["input"]["channels"] == TASK.input_channels
     assert list(arch.network["input"]["size"]) == [TASK.input_size] * 2
     assert arch.network["num_classes"] == TASK.num_classes
