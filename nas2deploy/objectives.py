@@ -13,7 +13,7 @@ reward for being faster than T, and accuracy scaled by T/LAT above it).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 from .errors import UsageError
 
@@ -53,4 +53,53 @@ def mnas_reward(acc: float, lat: float, target: float, alpha: float = SOFT.alpha
     return float(acc) * (float(lat) / float(target)) ** w
 
 
-__all__ = ["HARD", "SETTINGS", "SOFT", "ObjectiveError", "RewardExponents", "mnas_reward"]
+class LatencyReward:
+    """A sampled architecture's reward from its accuracy, for any sampling or RL method: the
+    accuracy itself, or, with a budget and a latency model, the MnasNet reward (``setting``
+    soft or hard) on the model's estimate of ``spec_of(key)``'s network, cached per key (a
+    hashable description of the architecture)."""
+
+    def __init__(self, spec_of: Callable[[Hashable], dict[str, Any]], budget_ms: float | None,
+                 latency_model: Any, setting: str = "soft"):
+        if setting not in ("accuracy", *SETTINGS):
+            raise ObjectiveError(f"reward must be accuracy, {' or '.join(SETTINGS)}, not "
+                                 f"{setting!r}")
+        self.spec_of, self.setting = spec_of, setting
+        timed = budget_ms is not None and latency_model is not None
+        self.exps = SETTINGS[setting] if timed and setting != "accuracy" else None
+        self.budget_ms, self.latency_model = budget_ms, latency_model
+        self._ms: dict[Hashable, float] = {}
+
+    def latency(self, key: Hashable) -> float | None:
+        """The latency model's estimate (None without a model)."""
+        if self.latency_model is None:
+            return None
+        if key not in self._ms:
+            self._ms[key] = float(self.latency_model.predict(self.spec_of(key)))
+        return self._ms[key]
+
+    def __call__(self, acc: float, key: Hashable | None = None, lat: float | None = None,
+                 target: float | None = None) -> float:
+        """The reward of ``acc`` at ``lat`` (default: the estimate of ``key``) against
+        ``target`` (default: the budget)."""
+        if self.exps is None:
+            return acc
+        lat = self.latency(key) if lat is None else lat
+        # a model's estimate can round to 0 on tiny nets
+        return mnas_reward(acc, max(lat, 1e-9), self.budget_ms if target is None else target,
+                           *self.exps)
+
+    @property
+    def hard(self) -> bool:
+        """The hard reward under a budget: the budget is a constraint."""
+        return self.exps is not None and self.setting == "hard"
+
+    def describe(self) -> dict[str, Any]:
+        if self.exps is None:
+            return {"reward": "accuracy"}
+        return {"reward": self.setting, "alpha": self.exps.alpha, "beta": self.exps.beta,
+                "target_ms": self.budget_ms}
+
+
+__all__ = ["HARD", "SETTINGS", "SOFT", "LatencyReward", "ObjectiveError", "RewardExponents",
+           "mnas_reward"]

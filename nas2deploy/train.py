@@ -198,3 +198,21 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
     if history is not None:
         history.extend(rows)
     return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def batch_statistics(net: nn.Module) -> Iterator[None]:
+    """Forward with BN on each batch's own statistics, updating nothing (no running statistics,
+    no counters): how a child is scored on shared weights trained under other children, whose
+    running statistics mix every path the supernet trained (ENAS scores its children so)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was = [(m.training, m.track_running_stats) for m in bns]
+    try:
+        for m in bns:
+            m.train()
+            m.track_running_stats = False
+        yield
+    finally:
+        for m, (training, track) in zip(bns, was):
+            m.train(training)
+            m.track_running_stats = track

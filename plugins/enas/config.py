@@ -41,7 +41,6 @@ from typing import Any
 
 from nas2deploy.errors import UsageError
 from nas2deploy.method import MethodConfig
-from nas2deploy.objectives import SETTINGS
 
 # The candidate ops of a macro node, in the op vocabulary (nas2deploy.ops): (op, params).
 # Every op keeps the node's channel count and resolution.
@@ -211,8 +210,3 @@ class ENASConfig(MethodConfig):
              f"skip_target must be a number in (0, 1), not {self.skip_target!r}")
         need(self.reward in REWARDS,
              f"reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
-
-
-def reward_exponents(cfg: ENASConfig) -> tuple[float, float] | None:
-    """(alpha, beta) of the MnasNet reward the config asks for; None: accuracy alone."""
-    return None if cfg.reward == "accuracy" else tuple(SETTINGS[cfg.reward])

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute
 from nas2deploy.method import SearchContext, SearchData
-from nas2deploy.objectives import mnas_reward
+from nas2deploy.objectives import LatencyReward
+from nas2deploy.train import batch_statistics
 
-from .config import reward_exponents
 from .cells import Cells, CellSupernet
 from .controller import CellSample, Reinforce, Sample
-from .space import Child, MacroSupernet, batch_statistics
+from .space import Child, MacroSupernet
 
 
 def child_of(net: MacroSupernet | CellSupernet, sample: Sample | CellSample) -> Child | Cells:
@@ -28,40 +28,13 @@ def child_of(net: MacroSupernet | CellSupernet, sample: Sample | CellSample) -> 
     return net.child_of(sample)
 
 
-class Rewarder:
+class Rewarder(LatencyReward):
     """The reward of a child's accuracy: the accuracy itself, or the MnasNet reward on the
     latency model's estimate when there is a budget (estimates cached per child)."""
 
     def __init__(self, net: MacroSupernet, budget_ms: float | None, latency_model: Any):
+        super().__init__(net.netspec, budget_ms, latency_model, net.cfg.reward)
         self.net = net
-        exps = reward_exponents(net.cfg)
-        self.exps = exps if budget_ms is not None and latency_model is not None else None
-        self.budget_ms, self.latency_model = budget_ms, latency_model
-        self._ms: dict[Child, float] = {}
-
-    def latency(self, child: Child) -> float | None:
-        if self.latency_model is None:
-            return None
-        if child not in self._ms:
-            self._ms[child] = float(self.latency_model.predict(self.net.netspec(child)))
-        return self._ms[child]
-
-    def __call__(self, acc: float, child: Child) -> float:
-        if self.exps is None:
-            return acc
-        lat = max(self.latency(child), 1e-9)  # a model's estimate can round to 0 on tiny nets
-        return mnas_reward(acc, lat, self.budget_ms, *self.exps)
-
-    @property
-    def hard(self) -> bool:
-        """The hard MnasNet reward under a budget: the budget is a constraint."""
-        return self.exps is not None and self.net.cfg.reward == "hard"
-
-    def describe(self) -> dict[str, Any]:
-        if self.exps is None:
-            return {"reward": "accuracy"}
-        return {"reward": self.net.cfg.reward, "alpha": self.exps[0], "beta": self.exps[1],
-                "target_ms": self.budget_ms}
 
 
 @dataclass

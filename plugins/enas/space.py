@@ -24,7 +24,6 @@ forward and the netspec are built from, so the two compute the same function.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -215,20 +214,3 @@ class MacroSupernet(nn.Module):
                 for name, t in self.module(n["key"]).state_dict(keep_vars=live).items():
                     out[f"nodes.{n['id']}.{name}"] = t if live else t.detach().clone().cpu()
         return out
-
-
-@contextlib.contextmanager
-def batch_statistics(net: nn.Module) -> Iterator[None]:
-    """Forward with BN on the batch's own statistics, updating nothing (no running stats, no
-    counters): how ENAS scores a child on shared weights trained under other children."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    was = [(m.training, m.track_running_stats) for m in bns]
-    try:
-        for m in bns:
-            m.train()
-            m.track_running_stats = False
-        yield
-    finally:
-        for m, (training, track) in zip(bns, was):
-            m.train(training)
-            m.track_running_stats = track

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 from nas2deploy.errors import UsageError
 from nas2deploy.method import MethodConfig
-from nas2deploy.objectives import SETTINGS
 
 # conv op -> MBConv expansion (None: a regular k x k conv; 1: depthwise-separable, the paper's
 # SepConv, which its code builds as an MBConv block without the expansion)
@@ -139,8 +138,3 @@ class MnasNetConfig(MethodConfig):
                  f"{')' if name == 'baseline_decay' else ']'}, not {v!r}")
         need(self.reward in REWARDS,
              f"reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
-
-
-def reward_exponents(cfg: MnasNetConfig) -> tuple[float, float] | None:
-    """(alpha, beta) of the MnasNet reward the config asks for; None: accuracy alone."""
-    return None if cfg.reward == "accuracy" else tuple(SETTINGS[cfg.reward])

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute
 from nas2deploy.method import SearchContext
-from nas2deploy.objectives import mnas_reward
+from nas2deploy.objectives import LatencyReward
+from nas2deploy.train import batch_statistics
 
-from .config import reward_exponents
 from .controller import Reinforce, Sample
-from .space import Child, MnasSupernet, batch_statistics, child_dict, child_from, netspec
+from .space import Child, MnasSupernet, child_dict, child_from, netspec
 
 
 def child_of(net: MnasSupernet, sample: Sample) -> Child:
@@ -29,37 +29,14 @@ def child_of(net: MnasSupernet, sample: Sample) -> Child:
                  for i in range(len(net.layout.blocks)))
 
 
-class Rewarder:
+class Rewarder(LatencyReward):
     """A child's reward from its accuracy: the accuracy itself, or the MnasNet reward on a
     latency (the latency model's estimate unless given) when there is a budget."""
 
     def __init__(self, net: MnasSupernet, budget_ms: float | None, latency_model: Any):
+        super().__init__(lambda child: netspec(net.layout, child), budget_ms, latency_model,
+                         net.cfg.reward)
         self.net = net
-        exps = reward_exponents(net.cfg)
-        self.exps = exps if budget_ms is not None and latency_model is not None else None
-        self.budget_ms, self.latency_model = budget_ms, latency_model
-        self._ms: dict[Child, float] = {}
-
-    def latency(self, child: Child) -> float | None:
-        if self.latency_model is None:
-            return None
-        if child not in self._ms:
-            self._ms[child] = float(self.latency_model.predict(netspec(self.net.layout, child)))
-        return self._ms[child]
-
-    def __call__(self, acc: float, child: Child | None = None, lat: float | None = None,
-                 target: float | None = None) -> float:
-        if self.exps is None:
-            return acc
-        lat = self.latency(child) if lat is None else lat
-        # a model's estimate can round to 0 on tiny nets
-        return mnas_reward(acc, max(lat, 1e-9), target or self.budget_ms, *self.exps)
-
-    def describe(self) -> dict[str, Any]:
-        if self.exps is None:
-            return {"reward": "accuracy"}
-        return {"reward": self.net.cfg.reward, "alpha": self.exps[0], "beta": self.exps[1],
-                "target_ms": self.budget_ms}
 
 
 @dataclass

@@ -29,7 +29,6 @@ forward, the netspec and the inherited/shared weights are built from.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -271,20 +270,3 @@ class MnasSupernet(nn.Module):
                     name = f"{PARTS[part][int(idx)]}.{rest}"
                 out[f"nodes.{n['id']}.{name}"] = t if live else t.detach().clone().cpu()
         return out
-
-
-@contextlib.contextmanager
-def batch_statistics(net: nn.Module) -> Iterator[None]:
-    """Forward with BN on the batch's own statistics, updating nothing: how a child is scored
-    on shared weights trained under other children (as ENAS does)."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    was = [(m.training, m.track_running_stats) for m in bns]
-    try:
-        for m in bns:
-            m.train()
-            m.track_running_stats = False
-        yield
-    finally:
-        for m, (training, track) in zip(bns, was):
-            m.train(training)
-            m.track_running_stats = track

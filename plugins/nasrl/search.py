@@ -29,45 +29,30 @@ from nas2deploy.device import Compute
 from nas2deploy.errors import UsageError
 from nas2deploy.method import SearchContext, SearchData
 from nas2deploy.netspec import GraphNet, build_network
-from nas2deploy.objectives import mnas_reward
+from nas2deploy.objectives import LatencyReward
+from nas2deploy.train import batch_statistics
 from nas2deploy_plugins.enas.controller import Reinforce
-from nas2deploy_plugins.enas.space import batch_statistics
 
-from .config import NASRLConfig, reward_exponents
+from .config import NASRLConfig
 from .space import Child, ControllerNet, Layout, netspec
 
 
-class Rewarder:
-    """A child's reward from its accuracy: the accuracy itself, or the MnasNet reward on the
-    latency model's estimate when there is a budget (estimates cached per child)."""
+class Rewarder(LatencyReward):
+    """A child's reward from its accuracy (raised to ``accuracy_power``, the paper's cube as an
+    option): itself, or the MnasNet reward on the latency model's estimate when there is a
+    budget (estimates cached per child)."""
 
     def __init__(self, layout: Layout, budget_ms: float | None, latency_model: Any):
+        super().__init__(lambda child: netspec(layout, child), budget_ms, latency_model,
+                         layout.cfg.reward)
         self.layout = layout
-        exps = reward_exponents(layout.cfg)
-        self.exps = exps if budget_ms is not None and latency_model is not None else None
-        self.budget_ms, self.latency_model = budget_ms, latency_model
-        self._ms: dict[Child, float] = {}
-
-    def latency(self, child: Child) -> float | None:
-        if self.latency_model is None:
-            return None
-        if child not in self._ms:
-            self._ms[child] = float(self.latency_model.predict(netspec(self.layout, child)))
-        return self._ms[child]
 
     def __call__(self, acc: float, child: Child, target: float | None = None) -> float:
         acc = acc ** self.layout.cfg.accuracy_power if acc > 0 else acc
-        if self.exps is None:
-            return acc
-        lat = max(self.latency(child), 1e-9)  # a model's estimate can round to 0 on tiny nets
-        return mnas_reward(acc, lat, self.budget_ms if target is None else target, *self.exps)
+        return super().__call__(acc, child, target=target)
 
     def describe(self) -> dict[str, Any]:
-        power = {"accuracy_power": self.layout.cfg.accuracy_power}
-        if self.exps is None:
-            return {"reward": "accuracy", **power}
-        return {"reward": self.layout.cfg.reward, "alpha": self.exps[0], "beta": self.exps[1],
-                "target_ms": self.budget_ms, **power}
+        return {**super().describe(), "accuracy_power": self.layout.cfg.accuracy_power}
 
 
 @dataclass

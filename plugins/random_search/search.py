@@ -14,13 +14,12 @@ supernet trained (ENAS scores its children the same way).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from nas2deploy.device import Compute
 from nas2deploy.materialize import materialize
 from nas2deploy.method import SearchContext
 from nas2deploy.space import SearchSpace
+from nas2deploy.train import batch_statistics
 
 from .config import RandomConfig
 
@@ -58,22 +58,6 @@ class Scored:
     candidates: list[Candidate]
     budget_ms: float | None
     shared: bool
-
-
-@contextlib.contextmanager
-def batch_statistics(net: nn.Module) -> Iterator[None]:
-    """BN on the batch's own statistics, updating no running statistics."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was = [(m.training, m.track_running_stats) for m in bns]
-    try:
-        for m in bns:
-            m.train()
-            m.track_running_stats = False
-        yield
-    finally:
-        for m, (training, track) in zip(bns, was):
-            m.train(training)
-            m.track_running_stats = track
 
 
 class Nets:
