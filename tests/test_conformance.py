@@ -59,7 +59,7 @@ OPTIONS: dict[str, dict] = {
               "stages": [[2, 8, 2, "relu"], [2, 16, 2, "hswish"], [1, 16, 1, "hswish"]]},
     "example-random": {"samples": 1, "layers": 2, "width": 8},
     "enas": {"nodes": 3, "width": 4, "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,
-             "derive_samples": 2},
+             "derive_samples": 8},
 }
 OPTIONS["mnasnet"] = {"stem_channels": 8, "blocks": [[1, 8, 1], [1, 8, 2], [1, 12, 2]],
                       "lstm_size": 16, "controller_steps": 2, "reward_batch": 16,

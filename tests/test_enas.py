@@ -344,7 +344,8 @@ def test_search_and_export_with_enas_end_to_end(tmp_path):
     out = tmp_path / "bundle"
     t = time.perf_counter()
     res = subprocess.run([str(CONSOLE), "search-and-export", "--method", "enas", "--quiet",
-                          "--search-epochs", "2", "--retrain-epochs", "2", "--out", str(out)],
+                          "--search-epochs", "2", "--retrain-epochs", "2", "--input-size", "16",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - t
     assert res.returncode in (0, 3), res.stderr[-2000:]

@@ -320,6 +320,7 @@ def test_search_and_export_with_the_micro_space_end_to_end(tmp_path):
     t = time.perf_counter()
     res = subprocess.run([str(CONSOLE), "search-and-export", "--method", "enas", "--quiet",
                           "--config", str(cfg), "--search-epochs", "2", "--retrain-epochs", "2",
+                          "--input-size", "16",
                           "--out", str(out)], capture_output=True, text=True, timeout=900)
     seconds = time.perf_counter() - t
     assert res.returncode in (0, 3), res.stderr[-2000:]

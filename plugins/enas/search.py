@@ -212,18 +212,19 @@ def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, 
 
 def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[dict[str, Any]]]:
     """Sample ``m`` children from the controller (seeded by the search's seed), score each on
-    the held-out split with the search's reward, keep the best (the first on ties). With the
-    hard reward the budget is a constraint here too: the best child whose estimate is within
-    it wins over any child above it (the best above it only when none is within). The reward
-    alone lets an over-budget child win on a higher accuracy of one held-out split, which on a
-    young supernet is mostly noise; the pipeline would then narrow it to fit. Reads the
+    the held-out split with the search's reward, keep the best (the first on ties). Under a
+    budget the budget is a constraint here too: the best child whose estimate is within it wins
+    over any child above it (the best above it only when none is within). The reward alone lets
+    an over-budget child win on a higher accuracy of one held-out split, which on a young
+    supernet is mostly noise (the pipeline would then narrow it to fit), and the soft reward
+    (alpha = beta) ranks children the same under every budget: T only scales every reward. Reads the
     supernet, changes nothing. Runs where the supernet is (after a search on a GPU, the pipeline
     has moved it back to the CPU): the held-out batches are read onto its device."""
     gen = torch.Generator().manual_seed(searched.seed + 3)
     device = next(net.parameters()).device
     scored: list[dict[str, Any]] = []
     best, best_key = None, (False, -math.inf)
-    hard = searched.rewarder.hard
+    timed = searched.rewarder.exps is not None
     seen: dict[Child, float] = {}
     for _ in range(m):
         with torch.no_grad():
@@ -238,7 +239,7 @@ def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[
         if lat is not None:
             row["predicted_ms"] = lat
         fits = True
-        if hard:
+        if timed:
             fits = row["within_budget"] = lat <= searched.rewarder.budget_ms
         scored.append(row)
         if best is None or (fits, score) > best_key:
