@@ -86,11 +86,13 @@ def test_picks_the_most_accurate_within_budget_and_resizes_among_the_scored():
     assert d.arch.decisions["random"]["val_acc"] == 0.85  # 0.9 is over the budget
     assert d.arch.decisions["random"]["within_budget"] == 4
     assert d.arch.metadata["predicted_ms"] == 0.99
-    smaller = d.resize(0.6)  # under 0.594 ms: 0.7 @ 0.5 beats 0.6 @ 0.3
+    # resize: the most accurate in [0.9, 1] x the asked latency, else the closest under it
+    assert d.resize(0.97).arch.decisions["random"]["predicted_ms"] == 0.95
+    smaller = d.resize(0.6)  # none in [0.535, 0.594] ms: the closest under, 0.5
     assert smaller.arch.decisions["random"]["predicted_ms"] == 0.5
     assert smaller.resize(0.7).arch.decisions["random"]["predicted_ms"] == 0.3
     assert smaller.resize(0.7).resize(0.5) is None  # nothing under 0.15 ms
-    larger = d.resize(1.6)  # slower ones up to 1.58 ms: 0.9 @ 1.5
+    larger = d.resize(1.6)  # in [1.43, 1.58] ms: 0.9 @ 1.5
     assert larger.arch.decisions["random"]["val_acc"] == 0.9
     # none fits: the fastest, said so
     tight = Scored(scored.candidates, budget_ms=0.1, shared=True)

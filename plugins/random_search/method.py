@@ -14,7 +14,7 @@ from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.space import SearchSpace
 
 from .config import RandomConfig
-from .search import Candidate, Scored, best_under, score, train_shared
+from .search import Candidate, Scored, best_under, near, score, train_shared
 
 
 class RandomSupernet(nn.Module):
@@ -115,10 +115,7 @@ class RandomSearch(SearchMethod):
         def resize(factor: float) -> Decision | None:
             if best.predicted_ms is None:
                 return None
-            others = [c for c in searched.candidates if c is not best]
-            pick = best_under(others, factor * best.predicted_ms) if factor < 1 else \
-                best_under([c for c in others if c.predicted_ms > best.predicted_ms],
-                           factor * best.predicted_ms)
+            pick = near(searched.candidates, best, factor * best.predicted_ms)
             return None if pick is None else self._decision(
                 space, searched, pick, f"re-picked at {factor:.3f} x the latency of the last")
 

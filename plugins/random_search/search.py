@@ -242,3 +242,22 @@ def best_under(candidates: list[Candidate], limit_ms: float | None) -> Candidate
     if not fits:
         return None
     return max(fits, key=lambda c: (c.val_acc, -(c.predicted_ms or 0.0)))
+
+
+# A re-picked candidate lands in this band under the asked latency: the closed loop asks for a
+# point (its aim), and the most accurate candidate far under it would leave the budget unused.
+NEAR_BAND = 0.9
+
+
+def near(candidates: list[Candidate], current: Candidate, target_ms: float) -> Candidate | None:
+    """Another candidate for ``target_ms``: the most accurate whose estimate lies in
+    [NEAR_BAND, 1] x ``target_ms``, else the one whose estimate is closest under it. None where
+    none lies under it, or where the pick is ``current``."""
+    others = [c for c in candidates if c is not current and c.predicted_ms is not None
+              and c.predicted_ms <= target_ms]
+    if not others:
+        return None
+    band = [c for c in others if c.predicted_ms >= NEAR_BAND * target_ms]
+    if band:
+        return max(band, key=lambda c: (c.val_acc, c.predicted_ms))
+    return max(others, key=lambda c: (c.predicted_ms, c.val_acc))
