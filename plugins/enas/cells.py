@@ -47,10 +47,10 @@ import torch
 from torch import nn
 
 from nas2deploy.method import TaskSpec
-from nas2deploy.ops import OPS as OP_CLASSES
 
 from .config import CELL_COST_ORDER, CELL_OPS, ENASConfig
 from .controller import CellController
+from .space import add_shared_modules, as_netspec
 
 
 @dataclass(frozen=True)
@@ -223,15 +223,7 @@ SEP_PRIOR = 2.5
 
 
 def netspec(layout: CellLayout, child: Cells) -> dict[str, Any]:
-    task = layout.task
-    nodes = [{k: v for k, v in n.items() if k != "key"} for n in wiring(layout, child)]
-    return {"input": {"channels": task.input_channels, "size": [task.input_size] * 2},
-            "num_classes": task.num_classes, "nodes": nodes, "output": "head"}
-
-
-def _module(n: dict[str, Any]) -> nn.Module:
-    params = {k: v for k, v in n.items() if k not in ("id", "op", "inputs", "key")}
-    return OP_CLASSES[n["op"]](**params)
+    return as_netspec(layout.task, wiring(layout, child))
 
 
 class CellSupernet(nn.Module):
@@ -244,16 +236,7 @@ class CellSupernet(nn.Module):
         super().__init__()
         self.cfg, self.task = cfg, task
         self.layout = layout = CellLayout(cfg, task)
-        self.choices = nn.ModuleDict()
-        self.fixed = nn.ModuleDict()
-        for op in layout.ops:
-            for n in wiring(layout, layout.uniform(op)):
-                if n["key"] is None:
-                    continue
-                table, key = n["key"]
-                target = self.choices if table == "choices" else self.fixed
-                if key not in target:
-                    target[key] = _module(n)
+        add_shared_modules(self, (wiring(layout, layout.uniform(op)) for op in layout.ops))
         self.controller = CellController(
             len(layout.ops), layout.b, cfg,
             op_bias=[SEP_PRIOR if op.startswith("sep") else 0.0 for op in layout.ops])

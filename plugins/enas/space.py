@@ -142,15 +142,30 @@ def wiring(layout: Layout, child: Child) -> list[dict[str, Any]]:
 
 
 def netspec(layout: Layout, child: Child) -> dict[str, Any]:
-    task = layout.task
-    nodes = [{k: v for k, v in n.items() if k != "key"} for n in wiring(layout, child)]
+    return as_netspec(layout.task, wiring(layout, child))
+
+
+def as_netspec(task: TaskSpec, wired: list[dict[str, Any]]) -> dict[str, Any]:
+    """A wiring (either space's) as the child's netspec."""
+    nodes = [{k: v for k, v in n.items() if k != "key"} for n in wired]
     return {"input": {"channels": task.input_channels, "size": [task.input_size] * 2},
             "num_classes": task.num_classes, "nodes": nodes, "output": "head"}
 
 
-def _module(n: dict[str, Any]) -> nn.Module:
-    params = {k: v for k, v in n.items() if k not in ("id", "op", "inputs", "key")}
-    return OP_CLASSES[n["op"]](**params)
+def add_shared_modules(net: nn.Module, wirings) -> None:
+    """``net.choices`` and ``net.fixed``: one module per key the ``wirings`` name (the cover
+    nets' union: every (position, op) and every fixed position)."""
+    net.choices = nn.ModuleDict()
+    net.fixed = nn.ModuleDict()
+    for wired in wirings:
+        for n in wired:
+            if n["key"] is None:
+                continue
+            table, key = n["key"]
+            target = net.choices if table == "choices" else net.fixed
+            if key not in target:
+                params = {k: v for k, v in n.items() if k not in ("id", "op", "inputs", "key")}
+                target[key] = OP_CLASSES[n["op"]](**params)
 
 
 class MacroSupernet(nn.Module):
@@ -163,17 +178,7 @@ class MacroSupernet(nn.Module):
         super().__init__()
         self.cfg, self.task = cfg, task
         self.layout = layout = Layout(cfg, task)
-        self.choices = nn.ModuleDict()
-        self.fixed = nn.ModuleDict()
-        # every (position, op) and every fixed position: the union of the cover nets
-        for op in layout.ops:
-            for n in wiring(layout, layout.uniform(op)):
-                if n["key"] is None:
-                    continue
-                table, key = n["key"]
-                target = self.choices if table == "choices" else self.fixed
-                if key not in target:
-                    target[key] = _module(n)
+        add_shared_modules(self, (wiring(layout, layout.uniform(op)) for op in layout.ops))
         self.controller = Controller(len(layout.ops), layout.n, cfg)
 
     def child_of(self, sample) -> Child:
