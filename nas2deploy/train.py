@@ -15,6 +15,9 @@ from torch import nn
 from .data.searchdata import Batches, epoch_batches  # noqa: F401  (epoch_batches: re-exported)
 from .distributed import SINGLE, World, broadcast_
 
+# Images ``fit`` re-estimates BN statistics on once training ends (0: not at all).
+RECALIBRATE_IMAGES = 2048
+
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True):
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -98,7 +101,8 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
         desc: str = "train", history: list[dict[str, Any]] | None = None,
         label_smoothing: float = 0.0, compute: Any = None, split: str = "train",
         val_split: str | None = "val", world: World = SINGLE, checkpoints: Any = None,
-        log: Callable[[str], None] = lambda m: None) -> float:
+        log: Callable[[str], None] = lambda m: None,
+        recalibrate: int = RECALIBRATE_IMAGES) -> float:
     """SGD (Nesterov, momentum 0.9) with a cosine schedule over ``data``'s ``split`` (a
     ``Batches``, on its device), scored on ``val_split`` after each epoch where it has one;
     ``compute`` (``nas2deploy.device.Compute``): mixed precision. Returns seconds spent.
@@ -110,6 +114,10 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
 
     One history row per epoch: {"epoch", "phase", "loss", "train_acc", "val_acc",
     "images_per_s"}.
+
+    ``recalibrate``: once training ends, BN running statistics are re-estimated on that many
+    training images spread over the split, without augmentation (``recalibrate_bn``), and the
+    last row's ``val_acc`` is scored again with them; 0 keeps the running averages.
 
     Every module of ``model`` with a ``schedule(fraction)`` method (``ops.Sum`` with drop path)
     is told the training progress, step / steps in [0, 1), before each step; the fraction is
@@ -195,6 +203,16 @@ def fit(model: nn.Module, data: Any, *, epochs: int, lr: float = 0.05, batch_siz
     finally:
         if bar is not None:
             bar.close()
+    if recalibrate > 0:
+        seen = recalibrate_bn(model, data.ordered(split, batch_size, limit=recalibrate, spread=True),
+                              recalibrate, autocast)
+        if seen and world.distributed:  # every rank saw the same images; rank 0's go on exactly
+            broadcast_(model.buffers(), world)
+        if seen and rows and val_split in data.splits:
+            before = rows[-1].get("val_acc", float("nan"))
+            rows[-1]["val_acc"] = accuracy(model, data.ordered(val_split))
+            log(f"{desc}: BN statistics re-estimated on {seen} training images (val_acc "
+                f"{before:.3f} -> {rows[-1]['val_acc']:.3f})")
     if history is not None:
         history.extend(rows)
     return time.perf_counter() - t0
@@ -216,3 +234,50 @@ def batch_statistics(net: nn.Module) -> Iterator[None]:
         for m, (training, track) in zip(bns, was):
             m.train(training)
             m.track_running_stats = track
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, batches, max_images: int = 256,
+                   autocast: Callable[[], Any] = contextlib.nullcontext) -> int:
+    """Re-estimate every BN's running mean/var as the plain average over ``batches``
+    (``(x, y)``, at most ``max_images`` images; a batch of one is skipped), in train mode with
+    no gradients and parameters untouched. Returns the images seen (0: nothing changed).
+
+    Running averages lag the weights they describe: with momentum 0.1 they are mostly the last
+    few dozen steps', taken at learning rates that still moved the weights. A short fine-tune
+    (two epochs of a net at 16 px) scored 0.2-0.5 top-1 in eval mode and 0.91-0.96 in train
+    mode on the same images; re-estimated statistics scored 0.91-0.96 in eval mode. Drop path
+    (a module with ``schedule``) is off meanwhile: statistics are for the eval-mode net.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or max_images <= 0:
+        return 0
+    momenta = [m.momentum for m in bns]
+    was = net.training
+    scheduled = [m for m in net.modules() if callable(getattr(m, "schedule", None))]
+    drops = [getattr(m, "progress", None) for m in scheduled]
+    seen = 0
+    try:
+        for x, _ in batches:
+            if seen == 0:  # the first batch exists: reset only then (an empty split keeps them)
+                for m in bns:
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative average over the batches below
+                for m in scheduled:
+                    m.schedule(0.0)
+                net.train()
+            x = x[: max_images - seen]
+            if len(x) >= 2:
+                with autocast():
+                    net(x)
+                seen += len(x)
+            if seen >= max_images:
+                break
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        for m, progress in zip(scheduled, drops):
+            if progress is not None:
+                m.schedule(progress)
+        net.train(was)
+    return seen

@@ -34,6 +34,11 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.T
     return out
 
 
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` of ``range(n)`` spread evenly, in order (every (n/k)-th, the first included)."""
+    return [i * n // k for i in range(k)]
+
+
 class Batches:
     """Named splits batched on a device: in memory (``Batches.in_memory``: normalised tensors)
     or streamed (``Batches.streamed``: datasets of uint8 images and the normalisation)."""
@@ -139,18 +144,25 @@ class Batches:
             self._passes.update({k: int(v) for k, v in state.items() if k in self._passes})
 
     def ordered(self, split: str, batch_size: int = 256, limit: int | None = None,
-                device: torch.device | str | None = None) -> Iterator[Batch]:
+                device: torch.device | str | None = None, spread: bool = False) -> Iterator[Batch]:
         """The split in order, without augmentation: at most ``limit`` images, on ``device``
-        (default: the data's)."""
+        (default: the data's). ``spread``: the ``limit`` images are spread evenly over the
+        split (every k-th) instead of its first ones; splits keep their images' dataset order,
+        which for a folder dataset is class by class, so the first images are a few classes'."""
         device = self.device if device is None else torch.device(device)
-        limit = self.size(split) if limit is None else min(limit, self.size(split))
+        n = self.size(split)
+        limit = n if limit is None else min(limit, n)
+        picked = spread_indices(n, limit) if spread and limit < n else None
         if self._streams is None:
             x, y = self._tensors(split)
+            if picked is not None:
+                x, y = x[picked], y[picked]
             for i in range(0, limit, batch_size):
                 j = min(i + batch_size, limit)
                 yield x[i:j].to(device), y[i:j].to(device)
             return
-        for x, y in self._loader(split, batch_size, shuffle=False, limit=limit):
+        for x, y in self._loader(split, batch_size, shuffle=False, limit=limit,
+                                 spread=picked is not None):
             yield self._normalize(x, device), y.to(device, non_blocking=True)
 
     def close(self) -> None:
@@ -189,16 +201,17 @@ class Batches:
         return self._streams[split]
 
     def _loader(self, split: str, batch_size: int, shuffle: bool,
-                limit: int | None = None) -> torch.utils.data.DataLoader:
+                limit: int | None = None, spread: bool = False) -> torch.utils.data.DataLoader:
         from .loaders import make_loader
 
-        key = (split, batch_size, shuffle, limit)
+        key = (split, batch_size, shuffle, limit, spread)
         if key not in self._loaders:
             ds = self._stream(split)
             if not shuffle and hasattr(ds, "eval_view"):
                 ds = ds.eval_view()
             if limit is not None and limit < len(ds):
-                ds = torch.utils.data.Subset(ds, range(limit))
+                picked = spread_indices(len(ds), limit) if spread else range(limit)
+                ds = torch.utils.data.Subset(ds, picked)
             offset = self.splits.index(split)
             sampler = None
             if shuffle and self.world_size > 1:

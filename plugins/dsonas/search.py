@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute, LossScale
-from nas2deploy.train import accuracy, split_epochs
+from nas2deploy.train import accuracy, recalibrate_bn, split_epochs
 
 from .config import DSONASConfig
 from .derive import alive_masks, zero_dead_edges
@@ -161,41 +161,6 @@ def block_shares(net: DSONASSupernet, costs: list[torch.Tensor],
     return shares
 
 
-@torch.no_grad()
-def recalibrate_bn(net: torch.nn.Module, batches, max_images: int = 256) -> None:
-    """Re-estimate every BN's running mean/var from ``batches`` (``(x, y)``, in order, at most
-    ``max_images`` images; a batch of one is skipped).
-
-    λ move every step, and with them the scale of what each BN sees (by design: λ sits before
-    conv+BN); the running averages lag behind, so an eval-mode supernet scores far below its
-    train-mode self. Recomputing the statistics (no gradients, parameters untouched) makes the
-    reported accuracy and the inherited BN buffers match the current λ.
-    """
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    was = net.training
-    seen = 0
-    try:
-        for x, _ in batches:
-            if seen == 0:  # the first batch exists: reset only then (an empty split keeps them)
-                for m in bns:
-                    m.reset_running_stats()
-                    m.momentum = None  # cumulative average over the batches below
-                net.train()
-            x = x[: max_images - seen]
-            seen += len(x)
-            if len(x) >= 2:
-                net(x)
-            if seen >= max_images:
-                break
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        net.train(was)
-
-
 def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
     """Pre-train, then search, for ``ctx.epochs`` epochs in all; one history row per epoch."""
     cfg: DSONASConfig = method.config
@@ -254,7 +219,10 @@ def run_search(method, supernet: DSONASSupernet, ctx) -> Searcher:
                 zeroed = searcher.rebuild()
             train_seconds = time.perf_counter() - t0
             with compute.autocast():
-                recalibrate_bn(supernet, data.ordered("weights", bs, limit=256))
+                # λ move every step, and with them the scale of what each BN sees (by design: λ
+                # sits before conv+BN): the running averages lag, and the inherited buffers
+                # and the reported accuracy need statistics that match the current λ
+                recalibrate_bn(supernet, data.ordered("weights", bs, limit=256, spread=True))
                 val_acc = accuracy(supernet, data.ordered("val"))
             arch = method.decided(supernet)
             row: dict[str, Any] = {
