@@ -11,6 +11,7 @@ guess made by writing into the supernet's architecture parameters.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from collections.abc import Mapping
@@ -47,7 +48,7 @@ class SearchSpace(Mapping):
     largest: Callable[[], Architecture]
     smallest: Callable[[], Architecture]
     cover: Callable[[], list[Architecture]] | None = None
-    sample: Callable[[random.Random], Architecture] | None = None
+    sample: Callable[..., Architecture] | None = None  # (rng[, multiple=]) -> Architecture
     inherit: Callable[[Architecture], dict[str, torch.Tensor]] | None = None
     share: Callable[[Architecture], dict[str, torch.Tensor]] | None = None
 
@@ -74,12 +75,17 @@ class SearchSpace(Mapping):
         """Networks that together hold every candidate op of the space at its real input shape."""
         return self.cover() if self.cover is not None else [self.largest()]
 
-    def draw(self, rng: random.Random) -> Architecture:
-        """A random subnet; a clear error where the space cannot sample."""
+    def draw(self, rng: random.Random, multiple: int = 1) -> Architecture:
+        """A random subnet; a clear error where the space cannot sample. ``multiple`` > 1: the
+        target runs channel counts in multiples of it best (``SearchContext.channel_multiple``),
+        and a ``sample`` that takes a ``multiple`` keyword draws the widths it chooses freely
+        in such steps (a sample without that keyword is called as before)."""
         if self.sample is None:
             raise UsageError(f"search space {self.name!r} cannot sample random subnets (its "
                              f"method gives no sample()); latency calibration and random "
                              f"search need one")
+        if multiple > 1 and "multiple" in inspect.signature(self.sample).parameters:
+            return self.sample(rng, multiple=multiple)
         return self.sample(rng)
 
     def weights(self, arch: Architecture) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute
 from nas2deploy.materialize import materialize
 from nas2deploy.method import SearchContext
+from nas2deploy.objectives import preference
 from nas2deploy.space import SearchSpace
 from nas2deploy.train import batch_statistics
 
@@ -117,7 +118,7 @@ def train_shared(supernet: nn.Module, space: SearchSpace, cfg: RandomConfig,
             rng = _sampler(ctx.seed, epoch)
             loss_sum = correct = seen = 0
             for x, y in data.epoch("weights", ctx.batch_size, gen_data):
-                arch = space.draw(rng)
+                arch = space.draw(rng, ctx.channel_multiple)
                 net = nets(arch)
                 net.train()
                 with compute.autocast():
@@ -207,7 +208,7 @@ def score(space: SearchSpace, cfg: RandomConfig, ctx: SearchContext, shared: boo
     try:
         while len(out) < cfg.samples and tries < 20 * cfg.samples:
             tries += 1
-            arch = space.draw(rng)
+            arch = space.draw(rng, ctx.channel_multiple)
             key = json.dumps(arch.network, sort_keys=True)
             if key in seen:
                 continue
@@ -251,13 +252,12 @@ NEAR_BAND = 0.9
 
 def near(candidates: list[Candidate], current: Candidate, target_ms: float) -> Candidate | None:
     """Another candidate for ``target_ms``: the most accurate whose estimate lies in
-    [NEAR_BAND, 1] x ``target_ms``, else the one whose estimate is closest under it. None where
-    none lies under it, or where the pick is ``current``."""
-    others = [c for c in candidates if c is not current and c.predicted_ms is not None
-              and c.predicted_ms <= target_ms]
-    if not others:
+    [NEAR_BAND, 1] x ``target_ms``, else the one whose estimate is closest under it
+    (``nas2deploy.objectives.preference``). None where none lies under it, or where the pick is
+    ``current``."""
+    others = [c for c in candidates if c is not current and c.predicted_ms is not None]
+    order = preference(others, lambda c: c.predicted_ms, lambda c: c.val_acc, target_ms,
+                       NEAR_BAND)
+    if not order or others[order[0]].predicted_ms > target_ms:
         return None
-    band = [c for c in others if c.predicted_ms >= NEAR_BAND * target_ms]
-    if band:
-        return max(band, key=lambda c: (c.val_acc, c.predicted_ms))
-    return max(others, key=lambda c: (c.predicted_ms, c.val_acc))
+    return others[order[0]]

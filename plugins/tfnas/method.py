@@ -57,7 +57,7 @@ class TFNAS(SearchMethod):
         net = self._check(supernet)
         return SearchSpace(self._describe(net), largest=lambda: self._largest(net),
                            smallest=lambda: self._smallest(net), cover=lambda: self._cover(net),
-                           sample=lambda rng: self._sample(net, rng),
+                           sample=lambda rng, multiple=1: self._sample(net, rng, multiple),
                            inherit=lambda arch: self._inherit(net, arch),
                            share=lambda arch: self._inherit(net, arch, live=True))
 
@@ -103,11 +103,14 @@ class TFNAS(SearchMethod):
                                   note=f"latency-table cover: {name} everywhere at max width"))
         return out
 
-    def _sample(self, net: TFNASSupernet, rng: random.Random) -> Architecture:
-        """A random subnet: per block a uniform op and a uniform width in its [max/2, max], per
-        stage a uniform depth. The supernet is not touched."""
+    def _sample(self, net: TFNASSupernet, rng: random.Random, multiple: int = 1) -> Architecture:
+        """A random subnet: per block a uniform op and a uniform width in its [max/2, max] (in
+        steps of ``multiple`` where the range holds a multiple of it: the target's channel
+        multiple, as ``elastic_step`` keeps), per stage a uniform depth. The supernet is not
+        touched."""
         ops = [rng.randrange(len(OP_NAMES)) for _ in net.layout.blocks]
-        mids = [rng.randint(b.mid_range(o)[0], b.mid_range(o)[2]) for b, o in zip(net.layout.blocks, ops)]
+        mids = [_uniform_width(rng, b.mid_range(o)[0], b.mid_range(o)[2], multiple)
+                for b, o in zip(net.layout.blocks, ops)]
         depths = [rng.randint(1, len(st)) for st in net.layout.stages]
         arch = self._arch(net, ops, depths, mids, note="random sample")
         arch.seed = None
@@ -204,3 +207,11 @@ class _Resize:
         new.decisions["note"] = f"re-landed at x{factor:.3f} of its estimated latency"
         return Decision(new, self.method._inherit(net, new),
                         resize=_Resize(self.method, net, searched, new))
+
+
+def _uniform_width(rng: random.Random, lo: int, hi: int, multiple: int) -> int:
+    """A uniform width in [lo, hi]: among its multiples of ``multiple`` where there are any."""
+    first = -(-lo // multiple) * multiple if multiple > 1 else lo
+    if multiple > 1 and first <= hi:
+        return first + multiple * rng.randint(0, (hi - first) // multiple)
+    return rng.randint(lo, hi)
