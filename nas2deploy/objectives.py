@@ -103,3 +103,28 @@ class LatencyReward:
 
 __all__ = ["HARD", "SETTINGS", "SOFT", "LatencyReward", "ObjectiveError", "RewardExponents",
            "mnas_reward"]
+
+
+def preference(rows: list[Any], lat: Callable[[Any], float | None],
+               score: Callable[[Any], float], ceiling: float | None,
+               band: float) -> list[int]:
+    """Indices of ``rows`` (scored candidates of one search), most preferred first: with a
+    ceiling (the latency aimed at, ms), those whose ``lat`` lands in [band, 1] x ceiling by
+    ``score``, then the others under it closest to it first, then those over it fastest first;
+    without one (or for a row without an estimate), by score. Ties keep the rows' order.
+
+    Under the band latency goes before score: the closed loop after the search can thin a net
+    that is too slow, never grow one far under the budget, and the soft MnasNet reward alone
+    ranks candidates the same under every budget. How MnasNet picks, and how the ``resize``
+    lever of a method that keeps its scored candidates (MnasNet, ENAS, random) re-picks."""
+    def key(i: int) -> tuple:
+        r = rows[i]
+        ms = lat(r) if ceiling is not None else None
+        if ms is None:
+            return (0, 0.0, -score(r))
+        if ms > ceiling:
+            return (2, ms, 0.0)
+        if ms >= band * ceiling:
+            return (0, 0.0, -score(r))
+        return (1, -ms, -score(r))
+    return sorted(range(len(rows)), key=key)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nas2deploy.counting import count_macs
 from nas2deploy.errors import UsageError
 from nas2deploy.latency import LatencyModel
 from nas2deploy.materialize import materialize
@@ -22,6 +23,7 @@ from nas2deploy.netspec import build_network, validate_spec
 from nas2deploy.objectives import HARD, SOFT, ObjectiveError, mnas_reward
 from nas2deploy_plugins.enas import ENAS, Baseline, Child, Controller, ENASConfig, Reinforce
 from nas2deploy_plugins.enas.config import OPS
+from nas2deploy_plugins.enas.method import RESIZE_BAND
 
 TASK = TaskSpec(1, 16, 10)
 TINY = {"nodes": 4, "width": 4, "lstm_size": 16}
@@ -309,6 +311,47 @@ def test_search_records_history_and_decide_is_deterministic_and_leaves_the_super
     greedy = method.decide(net, None)
     assert greedy.arch.network == method.decide(net, None).arch.network
     build_network(greedy.arch.network)
+
+
+def test_resize_re_picks_the_best_scored_child_that_lands_under_the_latency_asked():
+    class Macs(LatencyModel):
+        name = "macs"
+
+        def predict(self, spec):
+            net = build_network(spec)
+            return count_macs(net, net.example_input(1)) / 1e6
+
+    method, net = tiny(controller_steps=2, reward_batch=16, derive_samples=16)
+    ctx = SearchContext(data=_random_data(), epochs=1, seed=2, batch_size=16, budget_ms=100.0,
+                        latency_model=Macs())
+    searched = method.search(net, ctx)
+    decision = method.decide(net, searched)
+    here = decision.arch.decisions["predicted_ms"]
+    rows = decision.arch.decisions["samples"]
+    others = sorted({r["predicted_ms"] for r in rows} - {here})
+    assert others, [r["predicted_ms"] for r in rows]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    moved = 0
+    for ms in others:
+        ceiling = ms * 1.001
+        band = [r for r in rows if RESIZE_BAND * ceiling <= r["predicted_ms"] <= ceiling]
+        want = (max(band, key=lambda r: r["score"]) if band else
+                max((r for r in rows if r["predicted_ms"] <= ceiling),
+                    key=lambda r: r["predicted_ms"]))
+        picked = decision.resize(ceiling / here)
+        if want["ops"] == decision.arch.decisions["ops"] and \
+                want["skips"] == decision.arch.decisions["skips"]:
+            assert picked is None
+            continue
+        got = picked.arch.decisions
+        assert (got["ops"], got["skips"], got["score"]) == (want["ops"], want["skips"],
+                                                            want["score"])
+        materialize(picked.arch, picked.weights)
+        assert "re-picked" in got["note"] and picked.levers == ["resize"]
+        moved += 1
+    assert moved > 0
+    assert decision.resize(0.5 * min(r["predicted_ms"] for r in rows) / here) is None
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
 
 
 @pytest.mark.parametrize("options,needle", [

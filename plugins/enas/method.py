@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import random
 from typing import Any, ClassVar
@@ -12,6 +14,7 @@ from torch import nn
 from nas2deploy.architecture import Architecture, fingerprint
 from nas2deploy.errors import UsageError
 from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
+from nas2deploy.objectives import preference
 from nas2deploy.space import SearchSpace
 
 from .cells import Cells, CellSupernet
@@ -20,6 +23,10 @@ from .search import Searched, child_of, derive, run_search
 from .space import Child, MacroSupernet
 
 Supernet = MacroSupernet | CellSupernet
+
+# The resize lever's landing band under the latency it is asked for (the pipeline's own band
+# around its aim is about as wide).
+RESIZE_BAND = 0.9
 
 
 class ENAS(SearchMethod):
@@ -139,27 +146,61 @@ class ENAS(SearchMethod):
             return Decision(self._arch(net, child, note="the controller's most likely child"),
                             net.inherit(child))
         child, scored = derive(net, searched, self.config.derive_samples)
+        # the resize lever re-picks later: it reads a copy of the supernet as it is now
+        frozen = copy.deepcopy(net).cpu() if searched.rewarder.exps is not None else None
+        return self._decision(net, frozen, searched, scored, child)
+
+    def _decision(self, net: Supernet, frozen: Supernet | None, searched: Searched,
+                  scored: list[dict[str, Any]], child: Child | Cells,
+                  note: str | None = None) -> Decision:
+        """``child`` (one of the ``scored`` rows) as the decision; under a budget with a
+        ``resize`` lever that re-picks among the scored children (``preference``): the best
+        scored whose estimate lands in [``RESIZE_BAND``, 1] x the latency asked, else the
+        closest under it. None: the pick is ``child`` again, or none is under it."""
         key = child.to_dict()
         best = next(r for r in scored if all(r[k] == v for k, v in key.items()))
-        arch = self._arch(net, child)
+        arch = self._arch(net, child, note)
         arch.seed = searched.seed
         arch.decisions.update({"val_acc": best["val_acc"], "score": best["score"],
                                **searched.rewarder.describe(), "samples": scored})
         if "predicted_ms" in best:
             arch.decisions["predicted_ms"] = best["predicted_ms"]
             arch.metadata["predicted_ms"] = best["predicted_ms"]
-        return Decision(arch, net.inherit(child))
+        if frozen is None or "predicted_ms" not in best:
+            return Decision(arch, net.inherit(child))
+
+        def resize(factor: float) -> Decision | None:
+            if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+                return None
+            ceiling = factor * best["predicted_ms"]
+            rows = list({json.dumps(r, sort_keys=True): r for r in scored}.values())
+            order = preference(rows, lambda r: r.get("predicted_ms"), lambda r: r["score"],
+                               ceiling, RESIZE_BAND)
+            pick = rows[order[0]]
+            picked = self._child(frozen, pick)
+            if pick["predicted_ms"] > ceiling or picked == child:
+                return None
+            return self._decision(frozen, frozen, searched, scored, picked,
+                                  note=f"re-picked at x{factor:.3f} of its estimated latency")
+
+        return Decision(arch, net.inherit(child), resize=resize)
+
+    @staticmethod
+    def _child(net: Supernet, d: dict[str, Any]) -> Child | Cells:
+        """The child a decision or a scored row describes, checked against ``net``'s space."""
+        if isinstance(net, CellSupernet):
+            child = Cells.make(d["normal"], d["reduce"])
+        else:
+            child = Child.make(d["ops"], d["skips"])
+        net.layout.check(child)
+        return child
 
     def _inherit(self, net: Supernet, arch: Architecture,
                  live: bool = False) -> dict[str, torch.Tensor]:
         self.space(net).check(arch, "enas")
         d = arch.decisions
         try:
-            if isinstance(net, CellSupernet):
-                child = Cells.make(d["normal"], d["reduce"])
-            else:
-                child = Child.make(d["ops"], d["skips"])
-            net.layout.check(child)
+            child = self._child(net, d)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"enas: the architecture's decisions are not a child of this "
                              f"space ({exc})") from None

@@ -15,10 +15,11 @@ from nas2deploy.counting import count_macs
 from nas2deploy.errors import UsageError
 from nas2deploy.method import Decision, SearchContext, SearchMethod, TaskSpec
 from nas2deploy.netspec import build_network
+from nas2deploy.objectives import preference
 from nas2deploy.space import SearchSpace
 
 from .config import MnasNetConfig
-from .search import Searched, child_of, preference, run_search
+from .search import Searched, child_of, run_search
 from .space import Child, Choice, MnasSupernet, canonical, child_dict, child_from, netspec
 
 

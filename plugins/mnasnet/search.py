@@ -8,7 +8,7 @@ import contextlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from nas2deploy.checkpoint import load_module_state, module_state
 from nas2deploy.device import Compute
 from nas2deploy.method import SearchContext
-from nas2deploy.objectives import LatencyReward
+from nas2deploy.objectives import LatencyReward, preference
 from nas2deploy.train import batch_statistics
 
 from .controller import Reinforce, Sample
@@ -67,29 +67,6 @@ def child_accuracy(net: MnasSupernet, child: Child, batches,
             correct += int((out.argmax(1) == y).sum())
             total += len(y)
     return correct / total if total else float("nan")
-
-
-def preference(rows: list[dict[str, Any]], lat: Callable[[dict], float | None],
-               score: Callable[[dict], float], ceiling: float | None,
-               band: float) -> list[int]:
-    """Row indices, most preferred first: with a ceiling (the aim, in ms), the candidates that
-    land in [band, 1] x ceiling by score, then the others under it closest to it first, then
-    those over it fastest first; without one, by score. Ties keep the rows' order.
-
-    Under the band latency goes before score: the closed loop after the search can thin a net
-    that is too slow, never grow one far under the budget, and the soft reward alone would rank
-    the candidates the same for every budget."""
-    def key(i: int) -> tuple:
-        r = rows[i]
-        if ceiling is None or lat(r) is None:
-            return (0, 0.0, -score(r))
-        ms = lat(r)
-        if ms > ceiling:
-            return (2, ms, 0.0)
-        if ms >= band * ceiling:
-            return (0, 0.0, -score(r))
-        return (1, -ms, -score(r))
-    return sorted(range(len(rows)), key=key)
 
 
 def run_search(net: MnasSupernet, ctx: SearchContext) -> Searched:
