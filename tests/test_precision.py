@@ -142,7 +142,10 @@ def test_openvino_fp16_sets_and_records_the_hint(trained, data, tmp_path):
     run = runner_for(trained, tgt, tmp_path, ctx.artifacts)
     assert str(run.compiled.get_property("INFERENCE_PRECISION_HINT")) != ""
     ref = trained(data.x_test).argmax(1).numpy()
-    assert (top1(run, data.x_test) == ref).mean() >= 0.99
+    # what the CPU computes in: bf16 (8 mantissa bits, on CPUs with AVX512-BF16 or AMX) flips a
+    # few near-tied test images (3 of 269 here on an AMD EPYC), f16 fewer, f32 none
+    floor = {"bf16": 0.97, "f16": 0.99}.get(info["inference_precision_compiled"], 0.995)
+    assert (top1(run, data.x_test) == ref).mean() >= floor, info["inference_precision_compiled"]
 
 
 @pytest.mark.openvino
