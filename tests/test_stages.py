@@ -96,6 +96,33 @@ def test_aim_resize_band_and_factor():
     assert f == pytest.approx(want / 6.0)
 
 
+def test_over_budget_at_the_narrowest_width_shrink_asks_the_resize_lever():
+    """``shrink``: the method's lever asked for the aim over the full-width net's corrected
+    estimate (the correction learnt at the narrowest width, where overhead dominates)."""
+    from nas2deploy.method import Decision
+    from nas2deploy.stages.size import shrink
+
+    class Base:
+        def spec(self):
+            return {"w": 20.0}
+
+    asked = []
+
+    def lever(factor):
+        asked.append(factor)
+        return Decision(Architecture(method="m", network={**SPEC, "num_classes": 9}))
+
+    aim = Aim(10.0, Linear(), min_width=0.25)
+    aim.recalibrate(12.0, 6.0)  # the narrowest width measured twice its estimate
+    d = Decision(_arch(), resize=lever)
+    new = shrink(aim, d, Base())
+    assert new is not None and new.arch.network["num_classes"] == 9
+    assert asked == [pytest.approx(9.5 / 40.0)]
+    assert shrink(aim, Decision(_arch()), Base()) is None  # no lever
+    same = Decision(_arch(), resize=lambda f: Decision(_arch()))
+    assert shrink(aim, same, Base()) is None  # the lever would change nothing
+
+
 def test_rounds_shrink_then_follow_the_secant():
     aim = Aim(10.0, Linear(), min_width=0.25)
     aim.bisect = lambda net: 0.9  # the estimate's width

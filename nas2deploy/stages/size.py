@@ -196,6 +196,21 @@ def resize(run: RunState, aim: Aim, d: Decision, measured_ms: float) -> Decision
     return new
 
 
+def shrink(aim: Aim, d: Decision, base: GraphNet) -> Decision | None:
+    """The method's own lever when the narrowest width is still over budget: ``d`` re-sized to
+    the aim over its full-width net's corrected estimate (None if it cannot, or would not get
+    faster)."""
+    if d.resize is None:
+        return None
+    full = aim.predict(base.spec())
+    if full <= 0:
+        return None
+    new = d.resize(min(aim.aim_ms / full, 1.0))
+    if new is None or new.arch.network == d.arch.network:
+        return None
+    return new
+
+
 def size(run: RunState, budget: Budget, aim: Aim, searched: "SearchResult") -> Sizing:
     """The pre-retrain rounds: scale the decided architecture, time it beside the largest subnet,
     re-aim; keep the candidate under the budget closest to the aim."""
@@ -268,7 +283,14 @@ def size(run: RunState, budget: Budget, aim: Aim, searched: "SearchResult") -> S
                 level += 1  # this level removed only what was dead already
                 sparser = sparser_of(level)
             if sparser is None:
-                break
+                # no sparser architecture (none left, or no such lever): the method's resize
+                # lever, asked for a full-width net as fast as the corrected estimate says
+                # this one would need to be (DenseNAS re-decodes a cheaper path, TF-NAS drops
+                # depth, the sampling methods re-pick)
+                sparser = shrink(aim, decision, base)
+                if sparser is None:
+                    break
+                resized += 1
             decision, base = sparser, run.materialize_decided(sparser)
             log(f"still over budget at the narrowest width; "
                 f"{decision.arch.decisions.get('note', '')}")
