@@ -24,6 +24,7 @@ from nas2deploy.objectives import HARD, SOFT, ObjectiveError, mnas_reward
 from nas2deploy_plugins.enas import ENAS, Baseline, Child, Controller, ENASConfig, Reinforce
 from nas2deploy_plugins.enas.config import OPS
 from nas2deploy_plugins.enas.method import RESIZE_BAND
+from nas2deploy_plugins.enas.search import EXTRA_DRAWS
 
 TASK = TaskSpec(1, 16, 10)
 TINY = {"nodes": 4, "width": 4, "lstm_size": 16}
@@ -300,7 +301,11 @@ def test_search_records_history_and_decide_is_deterministic_and_leaves_the_super
         "decide() changed the supernet"
     assert first.arch.to_dict() == second.arch.to_dict()
     dec = first.arch.decisions
-    assert len(dec["samples"]) == 4 and dec["reward"] == "soft" and dec["target_ms"] == 1.0
+    assert dec["reward"] == "soft" and dec["target_ms"] == 1.0
+    fits = [r["within_budget"] for r in dec["samples"]]
+    # 4 children, then more only until one fits the budget
+    assert len(fits) == 4 or (4 < len(fits) <= 4 * EXTRA_DRAWS and fits[-1] and not any(fits[4:-1])
+                              and not any(fits[:4]))
     best = max(dec["samples"], key=lambda r: r["score"])
     assert dec["score"] == best["score"] and dec["ops"] == best["ops"]
     for r in dec["samples"]:  # scored by the MnasNet reward on the latency model's estimate
@@ -311,6 +316,16 @@ def test_search_records_history_and_decide_is_deterministic_and_leaves_the_super
     greedy = method.decide(net, None)
     assert greedy.arch.network == method.decide(net, None).arch.network
     build_network(greedy.arch.network)
+
+
+@pytest.mark.parametrize("budget_ms, drawn", [(100.0, 3), (0.01, 3 * EXTRA_DRAWS)])
+def test_derive_draws_more_children_when_none_fits_the_budget(budget_ms, drawn):
+    method, net = tiny(controller_steps=1, reward_batch=16, derive_samples=3)
+    ctx = SearchContext(data=_random_data(), epochs=1, seed=1, batch_size=16,
+                        budget_ms=budget_ms, latency_model=NodeCount())
+    samples = method.decide(net, method.search(net, ctx)).arch.decisions["samples"]
+    assert len(samples) == drawn
+    assert all(r["within_budget"] for r in samples) == (budget_ms == 100.0)
 
 
 def test_resize_re_picks_the_best_scored_child_that_lands_under_the_latency_asked():
@@ -350,7 +365,12 @@ def test_resize_re_picks_the_best_scored_child_that_lands_under_the_latency_aske
         assert "re-picked" in got["note"] and picked.levers == ["resize"]
         moved += 1
     assert moved > 0
-    assert decision.resize(0.5 * min(r["predicted_ms"] for r in rows) / here) is None
+    # none under what is asked: the fastest, when faster than the decision
+    fastest = min(r["predicted_ms"] for r in rows)
+    tight = decision.resize(0.5 * fastest / here)
+    assert (tight is None) == (fastest == here)
+    if tight is not None:
+        assert tight.arch.decisions["predicted_ms"] == fastest
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
 
 

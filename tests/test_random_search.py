@@ -91,7 +91,8 @@ def test_picks_the_most_accurate_within_budget_and_resizes_among_the_scored():
     smaller = d.resize(0.6)  # none in [0.535, 0.594] ms: the closest under, 0.5
     assert smaller.arch.decisions["random"]["predicted_ms"] == 0.5
     assert smaller.resize(0.7).arch.decisions["random"]["predicted_ms"] == 0.3
-    assert smaller.resize(0.7).resize(0.5) is None  # nothing under 0.15 ms
+    assert smaller.resize(0.7).resize(0.5) is None  # nothing under 0.15 ms, nothing faster
+    assert d.resize(0.1).arch.decisions["random"]["predicted_ms"] == 0.3  # none under: fastest
     larger = d.resize(1.6)  # in [1.43, 1.58] ms: 0.9 @ 1.5
     assert larger.arch.decisions["random"]["val_acc"] == 0.9
     # none fits: the fastest, said so

@@ -156,7 +156,8 @@ class ENAS(SearchMethod):
         """``child`` (one of the ``scored`` rows) as the decision; under a budget with a
         ``resize`` lever that re-picks among the scored children (``preference``): the best
         scored whose estimate lands in [``RESIZE_BAND``, 1] x the latency asked, else the
-        closest under it. None: the pick is ``child`` again, or none is under it."""
+        closest under it, else the fastest if faster than ``child``. None: the pick is
+        ``child`` again, or none of these exists."""
         key = child.to_dict()
         best = next(r for r in scored if all(r[k] == v for k, v in key.items()))
         arch = self._arch(net, child, note)
@@ -178,7 +179,10 @@ class ENAS(SearchMethod):
                                ceiling, RESIZE_BAND)
             pick = rows[order[0]]
             picked = self._child(frozen, pick)
-            if pick["predicted_ms"] > ceiling or picked == child:
+            # none under the ceiling: the fastest, if faster (the narrowest width of this
+            # child was over the budget)
+            if picked == child or (pick["predicted_ms"] > ceiling
+                                   and pick["predicted_ms"] >= best["predicted_ms"]):
                 return None
             return self._decision(frozen, frozen, searched, scored, picked,
                                   note=f"re-picked at x{factor:.3f} of its estimated latency")

@@ -210,6 +210,9 @@ def epoch_row(net, data, rewarder, epoch, loss, train_acc, rewards, accs, ents, 
     return row
 
 
+EXTRA_DRAWS = 4
+
+
 def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[dict[str, Any]]]:
     """Sample ``m`` children from the controller (seeded by the search's seed), score each on
     the held-out split with the search's reward, keep the best (the first on ties). Under a
@@ -226,7 +229,12 @@ def derive(net: MacroSupernet, searched: Searched, m: int) -> tuple[Child, list[
     best, best_key = None, (False, -math.inf)
     timed = searched.rewarder.exps is not None
     seen: dict[Child, float] = {}
-    for _ in range(m):
+    for i in range(EXTRA_DRAWS * m):
+        # a budget none of the m children fits: up to (EXTRA_DRAWS - 1) x m more draws for one
+        # that does (a young controller under a tight budget samples mostly heavier children
+        # than the space's lightest)
+        if i >= m and (not timed or best_key[0]):
+            break
         with torch.no_grad():
             child = child_of(net, net.controller(gen))
         if child not in seen:

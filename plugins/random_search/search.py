@@ -253,11 +253,16 @@ NEAR_BAND = 0.9
 def near(candidates: list[Candidate], current: Candidate, target_ms: float) -> Candidate | None:
     """Another candidate for ``target_ms``: the most accurate whose estimate lies in
     [NEAR_BAND, 1] x ``target_ms``, else the one whose estimate is closest under it
-    (``nas2deploy.objectives.preference``). None where none lies under it, or where the pick is
-    ``current``."""
+    (``nas2deploy.objectives.preference``); where none lies under it, the fastest if faster than
+    ``current`` (the closed loop asks for less than the fastest when even the narrowest width of
+    a decision is over its budget). None where there is none of these."""
     others = [c for c in candidates if c is not current and c.predicted_ms is not None]
     order = preference(others, lambda c: c.predicted_ms, lambda c: c.val_acc, target_ms,
                        NEAR_BAND)
-    if not order or others[order[0]].predicted_ms > target_ms:
+    if not order:
         return None
-    return others[order[0]]
+    pick = others[order[0]]
+    if pick.predicted_ms > target_ms and not (current.predicted_ms is not None
+                                              and pick.predicted_ms < current.predicted_ms):
+        return None
+    return pick
