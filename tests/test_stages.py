@@ -123,6 +123,15 @@ def test_over_budget_at_the_narrowest_width_shrink_asks_the_resize_lever():
     assert shrink(aim, same, Base()) is None  # the lever would change nothing
 
 
+def test_a_re_size_that_moved_the_measurement_away_from_the_aim_is_the_wrong_way():
+    from nas2deploy.stages.size import wrong_way
+
+    assert wrong_way(12.0, 13.0, 9.5)  # over the aim, asked faster, got slower
+    assert not wrong_way(12.0, 8.0, 9.5)  # overshot, but the way asked: the secant's to fix
+    assert wrong_way(8.0, 7.0, 9.5)  # under the aim, asked slower, got faster
+    assert not wrong_way(8.0, 9.0, 9.5)
+
+
 def test_rounds_shrink_then_follow_the_secant():
     aim = Aim(10.0, Linear(), min_width=0.25)
     aim.bisect = lambda net: 0.9  # the estimate's width
