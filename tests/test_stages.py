@@ -130,6 +130,7 @@ def test_a_re_size_that_moved_the_measurement_away_from_the_aim_is_the_wrong_way
     assert not wrong_way(12.0, 8.0, 9.5)  # overshot, but the way asked: the secant's to fix
     assert wrong_way(8.0, 7.0, 9.5)  # under the aim, asked slower, got faster
     assert not wrong_way(8.0, 9.0, 9.5)
+    assert not wrong_way(12.0, 12.2, 9.5) and not wrong_way(8.0, 7.9, 9.5)  # within the noise
 
 
 def test_rounds_shrink_then_follow_the_secant():

@@ -197,8 +197,10 @@ def resize(run: RunState, aim: Aim, d: Decision, measured_ms: float) -> Decision
 
 
 def wrong_way(before_ms: float, after_ms: float, aim_ms: float) -> bool:
-    """A re-size asked to move ``before_ms`` towards ``aim_ms`` moved it the other way."""
-    return after_ms > before_ms if before_ms > aim_ms else after_ms < before_ms
+    """A re-size asked to move ``before_ms`` towards ``aim_ms`` moved it the other way, by more
+    than a measurement's noise (``Aim.RESIZE_BAND``: TF-NAS's fine steps wander 2-3% so)."""
+    tol = 1 + Aim.RESIZE_BAND
+    return after_ms > before_ms * tol if before_ms > aim_ms else after_ms * tol < before_ms
 
 
 def shrink(aim: Aim, d: Decision, base: GraphNet) -> Decision | None:
