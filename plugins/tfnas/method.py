@@ -17,7 +17,7 @@ from nas2deploy.space import SearchSpace
 from .config import OP_NAMES, TFNASConfig
 from .cost import CostTable
 from .derive import decisions, inherited, network_spec, parsed
-from .search import Searched, resize, run_search, set_depths, set_ops
+from .search import Searched, resize, run_search, set_depths, set_ops, width_step
 from .space import TFNASSupernet
 
 CHEAPEST = OP_NAMES.index("k3_e3")
@@ -210,8 +210,6 @@ class _Resize:
 
 
 def _uniform_width(rng: random.Random, lo: int, hi: int, multiple: int) -> int:
-    """A uniform width in [lo, hi]: among its multiples of ``multiple`` where there are any."""
-    first = -(-lo // multiple) * multiple if multiple > 1 else lo
-    if multiple > 1 and first <= hi:
-        return first + multiple * rng.randint(0, (hi - first) // multiple)
-    return rng.randint(lo, hi)
+    """A uniform width in [lo, hi], in the steps ``elastic_step`` moves widths in."""
+    step = width_step(lo, hi, multiple)
+    return step * rng.randint(-(-lo // step), hi // step)

@@ -125,6 +125,12 @@ def apply_widths(net: TFNASSupernet, blocks: list[int], ops: list[int], mids: li
         all_blocks[j].ops[ops[j]].set_width(m)
 
 
+def width_step(lo: int, hi: int, multiple: int) -> int:
+    """The step a block's width moves in within [lo, hi]: ``multiple`` where the range holds a
+    multiple of it, else single channels."""
+    return multiple if multiple > 1 and -(-lo // multiple) * multiple <= hi else 1
+
+
 def elastic_step(net: TFNASSupernet, table: CostTable, target: float,
                  refine: bool = True, multiple: int = 1) -> dict[str, Any]:
     """Elasticity scaling of the parsed architecture. ``multiple`` > 1: widths move in whole
@@ -134,8 +140,7 @@ def elastic_step(net: TFNASSupernet, table: CostTable, target: float,
     59, 86, 181 measured 0.55 ms against an estimate of 0.12 ms, where its neighbours in the
     same search, at multiples of 16, measured 0.8-1.3x their estimates."""
     blocks, ops, depths, mids, lo, hi, stage_of, latency = parsed_width_problem(net, table)
-    unit = [multiple if multiple > 1 and -(-l // multiple) * multiple <= h else 1
-            for l, h in zip(lo, hi)]
+    unit = [width_step(l, h, multiple) for l, h in zip(lo, hi)]
     lo_u = [-(-l // u) for l, u in zip(lo, unit)]
     hi_u = [h // u for h, u in zip(hi, unit)]
     start = [min(max(m // u, a), b) for m, u, a, b in zip(mids, unit, lo_u, hi_u)]
